@@ -1,0 +1,192 @@
+"""A synthetic chest X-ray data set in the exact Kaggle layout, for offline runs and tests.
+
+Every image is a stylised frontal chest film: soft tissue, two dark lung
+fields, ribs, noise, and a random exposure. The classes differ the way the
+real ones roughly do, each at a random severity so that mild cases look
+almost normal:
+
+- Normal: clear lungs.
+- COVID: several hazy patches at the periphery of both lower lungs.
+- Lung_Opacity: one or two dense, larger patches in one lung.
+- Viral Pneumonia: a coarse streaky pattern around the hila, on a smaller
+  chest (many of the real images are of children).
+
+It also writes lung masks (256x256, like the real ones), a few RGB images
+among the grayscale ones, and a few exact duplicates, so the loader's
+quirks are exercised. Output is deterministic for a given seed.
+
+Command line: ``python -m covid_mobilenet.demo --help``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from . import PROJECT_ROOT
+from .data import DATASET_FOLDER, IMAGES_FOLDER, MASKS_FOLDER
+
+# The real data set's class sizes (21,165 images); the demo keeps these proportions.
+REAL_CLASS_COUNTS = {"COVID": 3616, "Lung_Opacity": 6012, "Normal": 10192, "Viral Pneumonia": 1345}
+DEFAULT_DEMO_DIR = PROJECT_ROOT / "data" / "demo" / DATASET_FOLDER
+DEFAULT_IMAGES = 1000
+IMAGE_SIZE = 299
+MASK_SIZE = 256
+RGB_SHARE = 0.03
+DUPLICATE_SHARE = 0.01
+DEMO_MARKER = "README.md.txt"  # the real archive has a README too; ours says what this is
+DEMO_NOTE = (
+    "Synthetic demo data in the layout of the COVID-19 Radiography Database, written by "
+    "covid_mobilenet.demo. Not real radiographs: results on it say nothing about medicine.\n"
+)
+
+
+def class_counts(total: int) -> dict[str, int]:
+    """Images per class for ``total`` images, in the real proportions, at least 4 per class."""
+    real_total = sum(REAL_CLASS_COUNTS.values())
+    counts = {name: max(4, round(total * n / real_total)) for name, n in REAL_CLASS_COUNTS.items()}
+    counts["Normal"] += total - sum(counts.values())  # rounding remainder goes to the largest class
+    if counts["Normal"] < 4:
+        raise ValueError(f"images={total} is too few: the demo set needs at least 16 images (4 per class)")
+    return counts
+
+
+def render_xray(rng: np.random.Generator, label: str, size: int = IMAGE_SIZE) -> tuple[np.ndarray, np.ndarray]:
+    """One synthetic radiograph (uint8, size x size) of class ``label`` and its lung mask (bool)."""
+    y, x = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    chest = 0.82 if label == "Viral Pneumonia" else 1.0  # smaller, paediatric chests
+    chest *= rng.uniform(0.92, 1.06)
+    centre_x, centre_y = 0.5 + rng.normal(0, 0.015), 0.52 + rng.normal(0, 0.02)
+    half_gap = 0.17 * chest
+    lung_rx, lung_ry = 0.13 * chest * rng.uniform(0.93, 1.07), 0.3 * chest * rng.uniform(0.93, 1.07)
+    lungs = [(centre_x - half_gap, centre_y), (centre_x + half_gap, centre_y)]
+
+    body = np.clip(1.0 - np.abs(x - centre_x) / (0.48 * chest), 0, 1) ** 0.5
+    image = 0.18 + 0.42 * body
+    lung_field = np.zeros_like(x)
+    for lx, ly in lungs:
+        distance = ((x - lx) / lung_rx) ** 2 + ((y - ly) / lung_ry) ** 2
+        lung_field = np.maximum(lung_field, 1 / (1 + np.exp(np.minimum(distance - 1, 5) * 12)))
+    image -= 0.3 * lung_field
+    ribs = 0.5 + 0.5 * np.sin(2 * np.pi * (y * 9 / chest + 1.6 * (x - centre_x) ** 2 + rng.uniform()))
+    image += 0.05 * ribs**4 * lung_field
+
+    severity = rng.uniform(0.2, 1.0)
+    if label == "COVID":
+        for _ in range(rng.integers(3, 7)):
+            lx, ly = lungs[rng.integers(2)]
+            side = np.sign(lx - centre_x)
+            bx = lx + side * rng.uniform(0.2, 0.8) * lung_rx
+            by = ly + rng.uniform(0.0, 0.75) * lung_ry
+            image += severity * rng.uniform(0.07, 0.14) * _blob(x, y, bx, by, rng.uniform(0.035, 0.06)) * lung_field
+    elif label == "Lung_Opacity":
+        lx, ly = lungs[rng.integers(2)]
+        for _ in range(rng.integers(1, 3)):
+            bx = lx + rng.uniform(-0.5, 0.5) * lung_rx
+            by = ly + rng.uniform(-0.6, 0.6) * lung_ry
+            image += severity * rng.uniform(0.14, 0.24) * _blob(x, y, bx, by, rng.uniform(0.06, 0.1)) * lung_field
+    elif label == "Viral Pneumonia":
+        streaks = _smooth_noise(rng, size, cells=(40, 14))
+        hila = sum(_blob(x, y, lx, ly, 0.13) for lx, ly in lungs)
+        image += severity * 0.16 * np.clip(streaks, 0, None) * hila * lung_field
+
+    image += _smooth_noise(rng, size, cells=(6, 6)) * 0.03  # uneven exposure
+    image = (image - image.mean()) * rng.uniform(0.85, 1.15) + image.mean() + rng.normal(0, 0.03)
+    image += rng.normal(0, 0.02, image.shape)
+    pixels = np.clip(image * 255, 0, 255).astype(np.uint8)
+    return pixels, lung_field > 0.5
+
+
+def _blob(x: np.ndarray, y: np.ndarray, cx: float, cy: float, sigma: float) -> np.ndarray:
+    return np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * sigma**2))
+
+
+def _smooth_noise(rng: np.random.Generator, size: int, cells: tuple[int, int]) -> np.ndarray:
+    """Zero-mean noise with features about size/cells pixels wide (rows, columns)."""
+    coarse = rng.normal(0, 1, cells).astype(np.float32)
+    return np.asarray(Image.fromarray(coarse, mode="F").resize((size, size), Image.BICUBIC))
+
+
+def generate_demo_dataset(
+    out_dir: str | os.PathLike = DEFAULT_DEMO_DIR,
+    *,
+    images: int = DEFAULT_IMAGES,
+    seed: int = 0,
+    image_size: int = IMAGE_SIZE,
+) -> Path:
+    """Write the demo set under ``out_dir`` (the data set root) and return that root."""
+    root = Path(out_dir)
+    _clear_previous_demo(root)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / DEMO_MARKER).write_text(DEMO_NOTE)  # first, so an interrupted write is recognised and redone
+    rng = np.random.default_rng(seed)
+    for label, count in class_counts(images).items():
+        image_folder, mask_folder = root / label / IMAGES_FOLDER, root / label / MASKS_FOLDER
+        image_folder.mkdir(parents=True)
+        mask_folder.mkdir(parents=True)
+        previous = None
+        for n in range(1, count + 1):
+            name = f"{label}-{n}.png"
+            if previous is not None and rng.uniform() < DUPLICATE_SHARE:
+                pixels, mask = previous  # an exact duplicate, as the real set has
+            else:
+                pixels, mask = render_xray(rng, label, image_size)
+            picture = Image.fromarray(pixels, mode="L")
+            if rng.uniform() < RGB_SHARE:
+                tint = rng.uniform(0.9, 1.0, 3)
+                picture = Image.fromarray((pixels[..., None] * tint).astype(np.uint8), mode="RGB")
+            picture.save(image_folder / name)
+            mask_image = Image.fromarray((mask * 255).astype(np.uint8), mode="L").resize((MASK_SIZE, MASK_SIZE))
+            mask_image.save(mask_folder / name)
+            previous = (pixels, mask)
+    return root
+
+
+def _clear_previous_demo(root: Path) -> None:
+    """Remove an earlier demo set at ``root``; refuse to touch a folder that is not one."""
+    if not root.exists():
+        return
+    if not root.is_dir() or (any(root.iterdir()) and not is_demo_dataset(root)):
+        raise FileExistsError(f"{root} exists and is not a demo data set; choose another --out")
+    for child in root.iterdir():
+        if child.is_dir():
+            shutil.rmtree(child)
+
+
+def is_demo_dataset(root: str | os.PathLike) -> bool:
+    """Whether ``root`` was written by this generator (it leaves a marker file)."""
+    marker = Path(root) / DEMO_MARKER
+    return marker.is_file() and marker.read_text().startswith(DEMO_NOTE[:40])
+
+
+def demo_dataset_complete(root: str | os.PathLike, images: int = DEFAULT_IMAGES) -> bool:
+    """Whether ``root`` already holds a complete demo set of ``images`` images."""
+    root = Path(root)
+    return is_demo_dataset(root) and all(
+        len(list((root / label / IMAGES_FOLDER).glob("*.png"))) == count
+        for label, count in class_counts(images).items()
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m covid_mobilenet.demo",
+        description="Write a synthetic data set in the COVID-19 Radiography Database layout.",
+    )
+    parser.add_argument("--out", type=Path, default=DEFAULT_DEMO_DIR, help="data set root to write (default: %(default)s)")
+    parser.add_argument("--images", type=int, default=DEFAULT_IMAGES, help="total number of images (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed; the same seed writes the same files (default: %(default)s)")
+    parser.add_argument("--image-size", type=int, default=IMAGE_SIZE, help="side of each image in pixels (default: %(default)s, as the real set)")
+    args = parser.parse_args(argv)
+    if args.images < 16:
+        parser.error("--images must be at least 16 (4 per class)")
+    root = generate_demo_dataset(args.out, images=args.images, seed=args.seed, image_size=args.image_size)
+    print(f"Wrote {args.images} demo images to {root}: {class_counts(args.images)}")
+
+
+if __name__ == "__main__":
+    main()

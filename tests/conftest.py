@@ -1,0 +1,26 @@
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from covid_mobilenet.demo import generate_demo_dataset
+
+DEMO_IMAGES = 240
+
+
+@pytest.fixture(scope="session")
+def demo_master(tmp_path_factory) -> Path:
+    """A demo set generated once per test session; copy it before changing it."""
+    return generate_demo_dataset(tmp_path_factory.mktemp("demo") / "COVID-19_Radiography_Dataset", images=DEMO_IMAGES, seed=7)
+
+
+@pytest.fixture
+def demo_root(demo_master, tmp_path) -> Path:
+    """A private copy of the demo set that a test may change."""
+    root = tmp_path / "COVID-19_Radiography_Dataset"
+    shutil.copytree(demo_master, root)
+    return root
