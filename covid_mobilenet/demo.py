@@ -75,24 +75,24 @@ def render_xray(rng: np.random.Generator, label: str, size: int = IMAGE_SIZE) ->
     ribs = 0.5 + 0.5 * np.sin(2 * np.pi * (y * 9 / chest + 1.6 * (x - centre_x) ** 2 + rng.uniform()))
     image += 0.05 * ribs**4 * lung_field
 
-    severity = rng.uniform(0.2, 1.0)
+    severity = rng.uniform(0.4, 1.0)
     if label == "COVID":
-        for _ in range(rng.integers(3, 7)):
+        for _ in range(rng.integers(4, 9)):
             lx, ly = lungs[rng.integers(2)]
             side = np.sign(lx - centre_x)
             bx = lx + side * rng.uniform(0.2, 0.8) * lung_rx
             by = ly + rng.uniform(0.0, 0.75) * lung_ry
-            image += severity * rng.uniform(0.07, 0.14) * _blob(x, y, bx, by, rng.uniform(0.035, 0.06)) * lung_field
+            image += severity * rng.uniform(0.12, 0.22) * _blob(x, y, bx, by, rng.uniform(0.045, 0.075)) * lung_field
     elif label == "Lung_Opacity":
         lx, ly = lungs[rng.integers(2)]
         for _ in range(rng.integers(1, 3)):
             bx = lx + rng.uniform(-0.5, 0.5) * lung_rx
             by = ly + rng.uniform(-0.6, 0.6) * lung_ry
-            image += severity * rng.uniform(0.14, 0.24) * _blob(x, y, bx, by, rng.uniform(0.06, 0.1)) * lung_field
+            image += severity * rng.uniform(0.22, 0.35) * _blob(x, y, bx, by, rng.uniform(0.07, 0.11)) * lung_field
     elif label == "Viral Pneumonia":
         streaks = _smooth_noise(rng, size, cells=(40, 14))
         hila = sum(_blob(x, y, lx, ly, 0.13) for lx, ly in lungs)
-        image += severity * 0.16 * np.clip(streaks, 0, None) * hila * lung_field
+        image += severity * 0.25 * np.clip(streaks, 0, None) * hila * lung_field
 
     image += _smooth_noise(rng, size, cells=(6, 6)) * 0.03  # uneven exposure
     image = (image - image.mean()) * rng.uniform(0.85, 1.15) + image.mean() + rng.normal(0, 0.03)

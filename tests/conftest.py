@@ -24,3 +24,24 @@ def demo_root(demo_master, tmp_path) -> Path:
     root = tmp_path / "COVID-19_Radiography_Dataset"
     shutil.copytree(demo_master, root)
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_root(tmp_path_factory) -> Path:
+    """A small demo set for notebook runs: 100 images, enough for every class in every split."""
+    return generate_demo_dataset(tmp_path_factory.mktemp("tiny") / "COVID-19_Radiography_Dataset", images=100, seed=1)
+
+
+def tiny_params(tmp_path: Path, data_dir: Path, **overrides) -> dict:
+    """Notebook parameters for a run of seconds: small images, two epochs, no ImageNet weights."""
+    return {
+        "data_dir": str(data_dir),
+        "results_dir": str(tmp_path / "results"),
+        "graph_dir": str(tmp_path / "Graph"),
+        "image_size": 32,
+        "batch_size": 16,
+        "epochs": 2,
+        "learning_rate": 1e-3,
+        "weights": None,
+        **overrides,
+    }

@@ -1,0 +1,168 @@
+"""The steps of the experiment notebook, so that the notebook reads as a short sequence of calls.
+
+A run's outputs, under ``<results_dir>/<experiment>/``: ``metrics.json``
+(written last, atomically: its presence means the run finished),
+``history.csv``, ``confusion_matrix.png``; the training curves go to
+``<graph_dir>/<n>.png``, and the split table to ``<results_dir>/split-<hash>.csv``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Mapping
+
+import keras
+import pandas as pd
+import tensorflow as tf
+
+from . import evaluation, report, training
+from .data import ImageIndex, Split, locate_dataset, scan_dataset, split_images
+from .demo import is_demo_dataset
+from .model import build_model, compile_model, ensure_weights_available
+from .params import check_parameters, resolve_path
+from .pipeline import split_datasets
+
+METRICS_FILE = "metrics.json"
+HISTORY_FILE = "history.csv"
+CONFUSION_FILE = "confusion_matrix.png"
+
+
+@dataclass
+class PreparedData:
+    root: Path
+    index: ImageIndex
+    split: Split
+    split_file: Path
+    datasets: dict[str, tf.data.Dataset]
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.index.class_names
+
+
+def check(namespace: Mapping[str, Any]) -> dict[str, Any]:
+    """Every parameter checked, and the weights known to be available, before any data is read."""
+    params = check_parameters(namespace)
+    ensure_weights_available(params["weights"], params["image_size"])
+    return params
+
+
+def set_seeds(params: dict) -> None:
+    training.set_seeds(params["seed"], params["deterministic"])
+
+
+def run_dir(params: dict) -> Path:
+    return resolve_path(params["results_dir"]) / params["experiment"]
+
+
+def prepare_data(params: dict) -> PreparedData:
+    """Find, validate and split the data set; write the split table; build the tf.data pipelines."""
+    root = locate_dataset(None if params["data_dir"] is None else resolve_path(params["data_dir"]))
+    index = scan_dataset(root, strict=params["strict_data"])
+    split = split_images(
+        index.images, val_fraction=params["val_fraction"], test_fraction=params["test_fraction"], seed=params["seed"]
+    )
+    split_file = resolve_path(params["results_dir"]) / f"split-{split.sha256[:12]}.csv"
+    if not split_file.exists():
+        split.save(split_file)
+    cache_dir = None if params["cache_dir"] is None else resolve_path(params["cache_dir"])
+    datasets = split_datasets(
+        split, index.root, index.class_names, image_size=params["image_size"],
+        batch_size=params["batch_size"], seed=params["seed"], cache_dir=cache_dir,
+    )
+    return PreparedData(index.root, index, split, split_file, datasets)
+
+
+def build(params: dict, data: PreparedData) -> keras.Model:
+    model = build_model(
+        len(data.class_names),
+        image_size=params["image_size"],
+        hidden_layers=params["hidden_layers"],
+        dense_units=params["dense_units"],
+        dropout=params["dropout"],
+        weights=params["weights"],
+        train_base=params["train_base"],
+        batchnorm_momentum=params["batchnorm_momentum"],
+    )
+    return compile_model(model, params["learning_rate"])
+
+
+def train(model: keras.Model, data: PreparedData, params: dict) -> pd.DataFrame:
+    return training.fit(
+        model, data.datasets["train"], data.datasets["val"],
+        epochs=params["epochs"], run_dir=run_dir(params), params=params,
+    )
+
+
+def evaluate(model: keras.Model, data: PreparedData, params: dict, history: pd.DataFrame) -> dict:
+    """The full metrics record of a finished run (see the module docstring for where it goes)."""
+    results = {}
+    for subset in ("train", "val", "test"):
+        labels, probabilities = evaluation.predict(model, data.datasets[subset])
+        if subset == "test":
+            results[subset] = evaluation.classification_report(labels, probabilities, data.class_names)
+        else:
+            last = history.iloc[-1]
+            prefix = "" if subset == "train" else "val_"
+            results[subset] = {
+                **evaluation.loss_and_accuracy(labels, probabilities),  # without dropout, final weights
+                "last_epoch": {"loss": float(last[f"{prefix}loss"]), "accuracy": float(last[f"{prefix}accuracy"])},
+            }
+    train_seconds = float(history["epoch_seconds"].sum())
+    epochs_run = len(history)
+    train_images = len(data.split.subset("train"))
+    return {
+        "experiment": params["experiment"],
+        "params": params,
+        "dataset": {
+            "root": str(data.root),
+            "demo": is_demo_dataset(data.root),
+            "class_names": data.class_names,
+            "counts": data.split.counts(data.class_names),
+            "total_images": len(data.split.table),
+            "split_sha256": data.split.sha256,
+            "split_file": data.split_file.name,
+            "skipped": [{"path": s.path, "reason": s.reason} for s in data.index.skipped],
+        },
+        "model": {
+            "name": model.name,
+            "parameters": int(model.count_params()),
+            "trainable_parameters": int(sum(keras.ops.size(w) for w in model.trainable_weights)),
+        },
+        **results,
+        "train_seconds": train_seconds,
+        "seconds_per_epoch": train_seconds / epochs_run,
+        "images_per_second": train_images * epochs_run / train_seconds,
+        "epochs_run": epochs_run,
+        "environment": report.environment(),
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def save_outputs(metrics: dict, history: pd.DataFrame, params: dict) -> dict[str, Path]:
+    """Write the run's files, metrics.json last; then drop the training backup."""
+    folder = run_dir(params)
+    title = params["experiment"]
+    paths = {
+        "history": report.write_csv(folder / HISTORY_FILE, history),
+        "confusion_matrix": report.save_figure(
+            report.plot_confusion_matrix(metrics["test"]["confusion_matrix"], metrics["dataset"]["class_names"], title),
+            folder / CONFUSION_FILE,
+        ),
+        "curves": report.save_figure(
+            report.plot_history(history, title), resolve_path(params["graph_dir"]) / report.graph_name(title)
+        ),
+    }
+    paths["metrics"] = report.write_json(folder / METRICS_FILE, metrics)
+    training.remove_backup(folder)
+    return paths
+
+
+def summary_line(metrics: dict) -> str:
+    test = metrics["test"]
+    return (
+        f"{metrics['experiment']}: test accuracy {test['accuracy']:.4f}, macro F1 {test['macro_f1']:.4f}, "
+        f"loss {test['loss']:.4f}; {metrics['epochs_run']} epochs in {metrics['train_seconds']:.1f} s "
+        f"({metrics['images_per_second']:.1f} images/s)"
+    )

@@ -1,0 +1,132 @@
+"""Writing a run's outputs: atomic files, graphs, and the record of the environment."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from . import PROJECT_ROOT
+
+
+def write_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to a temporary file beside ``path``, then rename: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    with open(temporary, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+    return path
+
+
+def write_json(path: str | os.PathLike, data: dict) -> Path:
+    return write_atomic(path, json.dumps(data, indent=2, allow_nan=False) + "\n")
+
+
+def write_csv(path: str | os.PathLike, table: pd.DataFrame) -> Path:
+    return write_atomic(path, table.to_csv(index=False))
+
+
+def save_figure(figure: Figure, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    figure.savefig(temporary, dpi=110, bbox_inches="tight")
+    os.replace(temporary, path)
+    return path
+
+
+def graph_name(experiment: str) -> str:
+    """The study's graph file name: the experiment name's trailing number (mn_resultset3 -> 3.png), else the name."""
+    match = re.search(r"(\d+)$", experiment)
+    return f"{match.group(1) if match else experiment}.png"
+
+
+def plot_history(history: pd.DataFrame, title: str) -> Figure:
+    """Accuracy and loss per epoch, training against validation, like the study's graphs."""
+    figure = Figure(figsize=(11, 4))
+    for axes, metric in zip(figure.subplots(1, 2), ("accuracy", "loss")):
+        axes.plot(history["epoch"], history[metric], "o-", label=f"train {metric}")
+        axes.plot(history["epoch"], history[f"val_{metric}"], "s-", label=f"val {metric}")
+        axes.set(xlabel="epoch", ylabel=metric, title=f"{title}: {metric}")
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axes.grid(alpha=0.3)
+        axes.legend()
+    return figure
+
+
+def plot_confusion_matrix(confusion: list[list[int]], class_names: list[str], title: str) -> Figure:
+    matrix = np.asarray(confusion)
+    figure = Figure(figsize=(5.5, 4.8))
+    axes = figure.subplots()
+    image = axes.imshow(matrix, cmap="Blues")
+    figure.colorbar(image, ax=axes)
+    ticks = range(len(class_names))
+    axes.set_xticks(ticks, class_names, rotation=30, ha="right")
+    axes.set_yticks(ticks, class_names)
+    axes.set(xlabel="predicted", ylabel="true", title=title)
+    for row in ticks:
+        for column in ticks:
+            value = matrix[row, column]
+            color = "white" if value > matrix.max() / 2 else "black"
+            axes.text(column, row, str(value), ha="center", va="center", color=color)
+    return figure
+
+
+def environment() -> dict:
+    """Versions, device and code revision, so a result can be traced to what produced it."""
+    import keras
+    import sklearn
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        names = [tf.config.experimental.get_device_details(gpu).get("device_name", gpu.name) for gpu in gpus]
+        device = f"GPU: {', '.join(names)}"
+    else:
+        device = f"CPU: {_cpu_name()} ({os.cpu_count()} cores)"
+    return {
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "numpy": np.__version__,
+        "scikit_learn": sklearn.__version__,
+        "platform": platform.platform(),
+        "device": device,
+        "git_commit": _git_commit(),
+    }
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _git_commit() -> str | None:
+    """HEAD's commit, with '-dirty' when tracked code differs from it; None outside a git checkout."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        changed = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", "covid_mobilenet", "notebooks"],
+            cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10, check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + ("-dirty" if changed else "")

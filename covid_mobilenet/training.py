@@ -1,0 +1,95 @@
+"""Training with seeds, per-epoch timing, and a backup from which an interrupted run resumes.
+
+While a run trains, ``<run dir>/backup/`` holds Keras' BackupAndRestore
+checkpoint (written after every epoch) and the per-epoch log. A rerun with the
+same parameters resumes from the last finished epoch; a rerun with other
+parameters starts afresh. The backup is removed once the run's metrics are saved.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import keras
+import pandas as pd
+import tensorflow as tf
+
+HISTORY_COLUMNS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "epoch_seconds"]
+
+
+def set_seeds(seed: int, deterministic: bool) -> None:
+    """Seed Python, NumPy and TensorFlow; with ``deterministic``, make TensorFlow's ops reproducible."""
+    keras.utils.set_random_seed(seed)
+    if deterministic:
+        tf.config.experimental.enable_op_determinism()
+
+
+class EpochTimer(keras.callbacks.Callback):
+    """Adds ``epoch_seconds`` (wall time of the epoch, validation included) to each epoch's logs."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["epoch_seconds"] = time.perf_counter() - self._start
+
+
+def backup_dir(run_dir: Path) -> Path:
+    return Path(run_dir) / "backup"
+
+
+def fit(
+    model: keras.Model,
+    train: tf.data.Dataset,
+    val: tf.data.Dataset,
+    *,
+    epochs: int,
+    run_dir: Path,
+    params: dict,
+) -> pd.DataFrame:
+    """Train to ``epochs`` (resuming a backup made with the same ``params``); the full per-epoch history."""
+    backup = backup_dir(run_dir)
+    identity = _backup_identity(params)
+    _discard_backup_of_other_params(backup, identity)
+    backup.mkdir(parents=True, exist_ok=True)
+    (backup / "params.json").write_text(identity)
+    log = backup / "history.csv"
+    callbacks = [
+        EpochTimer(),  # before the logger, which writes the logs it adds
+        keras.callbacks.CSVLogger(str(log), append=True),
+        keras.callbacks.BackupAndRestore(str(backup / "keras"), double_checkpoint=True, delete_checkpoint=False),
+    ]
+    # shuffle=False: the training dataset already reshuffles itself, with its seed, every epoch
+    model.fit(train, validation_data=val, epochs=epochs, callbacks=callbacks, shuffle=False, verbose=2)
+    return read_history(log)
+
+
+def read_history(log: Path) -> pd.DataFrame:
+    """The per-epoch log, one row per epoch: an epoch rerun after an interruption keeps its last row."""
+    history = pd.read_csv(log)
+    history = history.drop_duplicates("epoch", keep="last").sort_values("epoch", ignore_index=True)
+    history["epoch"] += 1  # Keras counts from 0; the table and graphs count from 1
+    return history[[column for column in HISTORY_COLUMNS if column in history.columns]]
+
+
+def remove_backup(run_dir: Path) -> None:
+    shutil.rmtree(backup_dir(run_dir), ignore_errors=True)
+
+
+def _backup_identity(params: dict) -> str:
+    """What a backup must match to be resumed: every parameter but ``epochs`` (a run may be extended)."""
+    return json.dumps({name: value for name, value in params.items() if name != "epochs"}, sort_keys=True)
+
+
+def _discard_backup_of_other_params(backup: Path, identity: str) -> None:
+    saved = backup / "params.json"
+    if not backup.exists():
+        return
+    if saved.is_file() and saved.read_text() == identity:
+        print(f"Resuming from the backup in {backup}")
+        return
+    print(f"Discarding the backup in {backup}: it belongs to a run with other parameters")
+    shutil.rmtree(backup)

@@ -1,0 +1,129 @@
+"""The experiment notebook, run through papermill on tiny generated data."""
+import json
+import socket
+import time
+from pathlib import Path
+
+import nbformat
+import numpy as np
+import pandas as pd
+import papermill
+import pytest
+
+from covid_mobilenet.data import split_hash
+from covid_mobilenet.model import KERAS_WEIGHTS_URL, build_backbone
+from covid_mobilenet.params import EXPERIMENT_NOTEBOOK
+from tests.conftest import tiny_params
+
+
+def run_notebook(output: Path, **parameters) -> nbformat.NotebookNode:
+    papermill.execute_notebook(str(EXPERIMENT_NOTEBOOK), str(output), parameters=parameters, kernel_name="python3", progress_bar=False)
+    return nbformat.read(output, as_version=4)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_root, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("run")
+    params = tiny_params(folder, tiny_root, experiment="mn_resultset3", epochs=3, image_size=64)
+    run_notebook(folder / "executed.ipynb", **params)
+    return folder, params
+
+
+def test_a_run_writes_every_output(finished_run):
+    folder, params = finished_run
+    run = folder / "results" / "mn_resultset3"
+    assert (run / "metrics.json").is_file()
+    assert (run / "history.csv").is_file()
+    assert (run / "confusion_matrix.png").stat().st_size > 1000
+    assert (folder / "Graph" / "3.png").stat().st_size > 1000  # named by the trailing number, like the study's
+    assert not (run / "backup").exists(), "the backup is removed once the run is complete"
+    assert not list(run.glob(".*.tmp"))
+    executed = nbformat.read(folder / "executed.ipynb", as_version=4)
+    assert any(output.get("data", {}).get("image/png") for cell in executed.cells for output in cell.get("outputs", []))
+
+
+def test_metrics_are_complete_and_consistent(finished_run, tiny_root):
+    folder, params = finished_run
+    metrics = json.loads((folder / "results" / "mn_resultset3" / "metrics.json").read_text())
+    for key in ("experiment", "params", "dataset", "train", "val", "test", "train_seconds", "seconds_per_epoch",
+                "images_per_second", "epochs_run", "environment"):
+        assert key in metrics, key
+    assert metrics["params"]["image_size"] == 64 and metrics["params"]["weights"] is None
+    dataset = metrics["dataset"]
+    assert dataset["demo"] is True and dataset["skipped"] == []
+    assert dataset["class_names"] == ["COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"]
+    images = len(list(tiny_root.glob("*/images/*.png")))
+    assert sum(sum(per_class.values()) for per_class in dataset["counts"].values()) == images == dataset["total_images"]
+    split = pd.read_csv(folder / "results" / dataset["split_file"])
+    assert split_hash(split) == dataset["split_sha256"]
+
+    test = metrics["test"]
+    confusion = np.array(test["confusion_matrix"])
+    assert confusion.sum() == sum(dataset["counts"]["test"].values())
+    assert test["accuracy"] == pytest.approx(np.trace(confusion) / confusion.sum(), abs=1e-12)
+    assert set(test["per_class"]) == set(dataset["class_names"])
+    for name, scores in test["per_class"].items():
+        assert set(scores) == {"precision", "recall", "sensitivity", "specificity", "f1", "support"}
+        assert scores["support"] == dataset["counts"]["test"][name]
+    for key in ("loss", "macro_f1", "balanced_accuracy", "roc_auc_ovr"):
+        assert isinstance(test[key], float)
+    for subset in ("train", "val"):
+        assert {"loss", "accuracy", "last_epoch"} <= set(metrics[subset])
+
+    history = pd.read_csv(folder / "results" / "mn_resultset3" / "history.csv")
+    assert list(history.columns) == ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "epoch_seconds"]
+    assert history["epoch"].tolist() == [1, 2, 3] and metrics["epochs_run"] == 3
+    assert isinstance(metrics["train_seconds"], float)
+    assert metrics["train_seconds"] == pytest.approx(history["epoch_seconds"].sum())
+    assert metrics["seconds_per_epoch"] == pytest.approx(metrics["train_seconds"] / 3)
+    train_images = sum(dataset["counts"]["train"].values())
+    assert metrics["images_per_second"] == pytest.approx(train_images * 3 / metrics["train_seconds"])
+    assert {"python", "tensorflow", "keras", "device", "git_commit"} <= set(metrics["environment"])
+
+
+def test_a_weights_file_path_is_loaded_and_the_split_is_the_same(finished_run, tiny_root, tmp_path):
+    path = tmp_path / "random_backbone.weights.h5"
+    build_backbone(64, None).save_weights(path)
+    params = tiny_params(tmp_path, tiny_root, experiment="from_file", epochs=1, image_size=64, weights=str(path))
+    run_notebook(tmp_path / "executed.ipynb", **params)
+    metrics = json.loads((tmp_path / "results" / "from_file" / "metrics.json").read_text())
+    assert metrics["params"]["weights"] == str(path)
+    assert (tmp_path / "Graph" / "from_file.png").is_file()
+    first = json.loads((finished_run[0] / "results" / "mn_resultset3" / "metrics.json").read_text())
+    assert metrics["dataset"]["split_sha256"] == first["dataset"]["split_sha256"], "same seed, same split, in another process"
+
+
+@pytest.mark.parametrize(
+    "bad, error, fragment",
+    [
+        ({"learning_rate": "abc"}, "ParameterError", "Parameter learning_rate"),
+        ({"lerning_rate": 0.1}, "ParameterError", "did you mean 'learning_rate'"),
+    ],
+)
+def test_bad_parameters_stop_before_any_data_is_read(tmp_path, bad, error, fragment):
+    params = {**tiny_params(tmp_path, tmp_path / "never-read"), **bad}
+    with pytest.raises(papermill.PapermillExecutionError) as failure:
+        run_notebook(tmp_path / "executed.ipynb", **params)
+    assert failure.value.ename == error
+    assert fragment in failure.value.evalue
+    assert "steps.check(globals())" in failure.value.source  # the first cell after the parameters
+    assert not (tmp_path / "results").exists()
+
+
+def test_imagenet_weights_without_network_stop_in_the_first_cells(tmp_path, monkeypatch, tiny_root):
+    host = KERAS_WEIGHTS_URL.split("/")[2]
+    try:
+        socket.create_connection((host, 443), timeout=3).close()
+        pytest.skip(f"{host} is reachable here: the offline path cannot be exercised")
+    except OSError:
+        pass
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "empty-keras-home"))
+    params = tiny_params(tmp_path, tiny_root, weights="imagenet")
+    started = time.perf_counter()
+    with pytest.raises(papermill.PapermillExecutionError) as failure:
+        run_notebook(tmp_path / "executed.ipynb", **params)
+    elapsed = time.perf_counter() - started
+    assert failure.value.ename == "WeightsError"
+    assert "mobilenet_1_0_224_tf_no_top.h5" in failure.value.evalue and "weights=None" in failure.value.evalue
+    assert "steps.check(globals())" in failure.value.source
+    assert elapsed < 30, elapsed
