@@ -21,6 +21,7 @@ from PIL import Image
 from sklearn.model_selection import train_test_split
 
 from . import PROJECT_ROOT
+from .files import write_csv
 
 DATASET_FOLDER = "COVID-19_Radiography_Dataset"
 DEFAULT_DATA_DIR = PROJECT_ROOT / "data" / DATASET_FOLDER
@@ -261,12 +262,7 @@ class Split:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the table as CSV, atomically, so every run can prove which split it used."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f".{path.name}.tmp")
-        self.table.to_csv(temporary, index=False)
-        os.replace(temporary, path)
-        return path
+        return write_csv(path, self.table)
 
 
 def split_hash(table: pd.DataFrame) -> str:

@@ -20,6 +20,7 @@ Command line: ``python -m covid_mobilenet.demo --help``.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 from pathlib import Path
@@ -39,6 +40,7 @@ MASK_SIZE = 256
 RGB_SHARE = 0.03
 DUPLICATE_SHARE = 0.01
 DEMO_MARKER = "README.md.txt"  # the real archive has a README too; ours says what this is
+DEMO_RECORD = "demo.json"  # written last: how the set was made, and that it is complete
 DEMO_NOTE = (
     "Synthetic demo data in the layout of the COVID-19 Radiography Database, written by "
     "covid_mobilenet.demo. Not real radiographs: results on it say nothing about medicine.\n"
@@ -143,6 +145,8 @@ def generate_demo_dataset(
             mask_image = Image.fromarray((mask * 255).astype(np.uint8), mode="L").resize((MASK_SIZE, MASK_SIZE))
             mask_image.save(mask_folder / name)
             previous = (pixels, mask)
+    settings = {"images": images, "seed": seed, "image_size": image_size, "class_counts": class_counts(images)}
+    (root / DEMO_RECORD).write_text(json.dumps(settings, indent=2) + "\n")  # last: the set is complete
     return root
 
 
@@ -155,6 +159,7 @@ def _clear_previous_demo(root: Path) -> None:
     for child in root.iterdir():
         if child.is_dir():
             shutil.rmtree(child)
+    (root / DEMO_RECORD).unlink(missing_ok=True)
 
 
 def is_demo_dataset(root: str | os.PathLike) -> bool:
@@ -163,13 +168,16 @@ def is_demo_dataset(root: str | os.PathLike) -> bool:
     return marker.is_file() and marker.read_text().startswith(DEMO_NOTE[:40])
 
 
-def demo_dataset_complete(root: str | os.PathLike, images: int = DEFAULT_IMAGES) -> bool:
-    """Whether ``root`` already holds a complete demo set of ``images`` images."""
-    root = Path(root)
-    return is_demo_dataset(root) and all(
-        len(list((root / label / IMAGES_FOLDER).glob("*.png"))) == count
-        for label, count in class_counts(images).items()
-    )
+def demo_dataset_complete(root: str | os.PathLike, images: int | None = None) -> bool:
+    """Whether ``root`` holds a finished demo set (of ``images`` images, when given)."""
+    record = Path(root) / DEMO_RECORD
+    if not is_demo_dataset(root) or not record.is_file():
+        return False
+    try:
+        written = json.loads(record.read_text())
+    except json.JSONDecodeError:
+        return False
+    return images is None or written.get("images") == images
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -16,16 +16,14 @@ import keras
 import pandas as pd
 import tensorflow as tf
 
-from . import evaluation, report, training
+from . import evaluation, files, report, training
 from .data import ImageIndex, Split, locate_dataset, scan_dataset, split_images
 from .demo import is_demo_dataset
-from .model import build_model, compile_model, ensure_weights_available
+from .model import build_model, compile_model
 from .params import check_parameters, resolve_path
 from .pipeline import split_datasets
-
-METRICS_FILE = "metrics.json"
-HISTORY_FILE = "history.csv"
-CONFUSION_FILE = "confusion_matrix.png"
+from .runs import CONFUSION_FILE, HISTORY_FILE, METRICS_FILE, remove_backup, run_dir
+from .weights import ensure_weights_available
 
 
 @dataclass
@@ -50,10 +48,6 @@ def check(namespace: Mapping[str, Any]) -> dict[str, Any]:
 
 def set_seeds(params: dict) -> None:
     training.set_seeds(params["seed"], params["deterministic"])
-
-
-def run_dir(params: dict) -> Path:
-    return resolve_path(params["results_dir"]) / params["experiment"]
 
 
 def prepare_data(params: dict) -> PreparedData:
@@ -145,7 +139,7 @@ def save_outputs(metrics: dict, history: pd.DataFrame, params: dict) -> dict[str
     folder = run_dir(params)
     title = params["experiment"]
     paths = {
-        "history": report.write_csv(folder / HISTORY_FILE, history),
+        "history": files.write_csv(folder / HISTORY_FILE, history),
         "confusion_matrix": report.save_figure(
             report.plot_confusion_matrix(metrics["test"]["confusion_matrix"], metrics["dataset"]["class_names"], title),
             folder / CONFUSION_FILE,
@@ -154,8 +148,8 @@ def save_outputs(metrics: dict, history: pd.DataFrame, params: dict) -> dict[str
             report.plot_history(history, title), resolve_path(params["graph_dir"]) / report.graph_name(title)
         ),
     }
-    paths["metrics"] = report.write_json(folder / METRICS_FILE, metrics)
-    training.remove_backup(folder)
+    paths["metrics"] = files.write_json(folder / METRICS_FILE, metrics)
+    remove_backup(folder)
     return paths
 
 

@@ -1,7 +1,6 @@
 """Writing a run's outputs: atomic files, graphs, and the record of the environment."""
 from __future__ import annotations
 
-import json
 import os
 import platform
 import re
@@ -16,31 +15,10 @@ from matplotlib.ticker import MaxNLocator
 from . import PROJECT_ROOT
 
 
-def write_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to a temporary file beside ``path``, then rename: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    with open(temporary, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-    return path
-
-
-def write_json(path: str | os.PathLike, data: dict) -> Path:
-    return write_atomic(path, json.dumps(data, indent=2, allow_nan=False) + "\n")
-
-
-def write_csv(path: str | os.PathLike, table: pd.DataFrame) -> Path:
-    return write_atomic(path, table.to_csv(index=False))
-
-
 def save_figure(figure: Figure, path: str | os.PathLike) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    temporary = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
     figure.savefig(temporary, dpi=110, bbox_inches="tight")
     os.replace(temporary, path)
     return path

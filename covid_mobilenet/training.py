@@ -16,6 +16,8 @@ import keras
 import pandas as pd
 import tensorflow as tf
 
+from .runs import backup_dir
+
 HISTORY_COLUMNS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "epoch_seconds"]
 
 
@@ -35,10 +37,6 @@ class EpochTimer(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
             logs["epoch_seconds"] = time.perf_counter() - self._start
-
-
-def backup_dir(run_dir: Path) -> Path:
-    return Path(run_dir) / "backup"
 
 
 def fit(
@@ -73,10 +71,6 @@ def read_history(log: Path) -> pd.DataFrame:
     history = history.drop_duplicates("epoch", keep="last").sort_values("epoch", ignore_index=True)
     history["epoch"] += 1  # Keras counts from 0; the table and graphs count from 1
     return history[[column for column in HISTORY_COLUMNS if column in history.columns]]
-
-
-def remove_backup(run_dir: Path) -> None:
-    shutil.rmtree(backup_dir(run_dir), ignore_errors=True)
 
 
 def _backup_identity(params: dict) -> str:

@@ -4,8 +4,9 @@ import keras
 import numpy as np
 import pytest
 
-from covid_mobilenet import model as model_module
-from covid_mobilenet.model import WeightsError, build_backbone, build_model, ensure_weights_available, imagenet_weights_file
+from covid_mobilenet import weights as weights_module
+from covid_mobilenet.model import build_backbone, build_model
+from covid_mobilenet.weights import WeightsError, ensure_weights_available, imagenet_weights_file
 
 
 def make(**overrides):
@@ -82,7 +83,7 @@ def test_imagenet_weights_file_names():
 
 def test_imagenet_without_network_fails_fast_with_the_fixes(monkeypatch, tmp_path):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
-    monkeypatch.setattr(model_module, "keras_cache_dirs", lambda: [tmp_path / "keras" / "models"])
+    monkeypatch.setattr(weights_module, "keras_cache_dirs", lambda: [tmp_path / "keras" / "models"])
 
     def no_network(address, timeout):
         raise socket.gaierror(-2, "Name or service not known")
@@ -100,7 +101,7 @@ def test_cached_imagenet_weights_need_no_network(monkeypatch, tmp_path):
     cache = tmp_path / "models"
     cache.mkdir()
     (cache / "mobilenet_1_0_224_tf_no_top.h5").write_bytes(b"x")
-    monkeypatch.setattr(model_module, "keras_cache_dirs", lambda: [cache])
+    monkeypatch.setattr(weights_module, "keras_cache_dirs", lambda: [cache])
     monkeypatch.setattr(socket, "create_connection", lambda *a, **k: pytest.fail("no connection expected"))
     ensure_weights_available("imagenet", 64)
     ensure_weights_available(None, 64)

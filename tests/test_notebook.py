@@ -11,7 +11,8 @@ import papermill
 import pytest
 
 from covid_mobilenet.data import split_hash
-from covid_mobilenet.model import KERAS_WEIGHTS_URL, build_backbone
+from covid_mobilenet.model import build_backbone
+from covid_mobilenet.weights import KERAS_WEIGHTS_URL
 from covid_mobilenet.params import EXPERIMENT_NOTEBOOK
 from tests.conftest import tiny_params
 

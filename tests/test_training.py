@@ -3,6 +3,7 @@ import pandas as pd
 import tensorflow as tf
 
 from covid_mobilenet import training
+from covid_mobilenet.runs import remove_backup
 from covid_mobilenet.model import build_model, compile_model
 
 
@@ -31,7 +32,7 @@ def test_an_interrupted_run_resumes_from_its_last_finished_epoch(tmp_path, capsy
     assert resumed["epoch"].tolist() == [1, 2, 3]
     pd.testing.assert_series_equal(resumed.iloc[0], first.iloc[0], check_names=False)
     assert (resumed["epoch_seconds"] > 0).all()
-    training.remove_backup(tmp_path)
+    remove_backup(tmp_path)
     assert not (tmp_path / "backup").exists()
 
 

@@ -1,0 +1,320 @@
+"""The sweep behind run_all.py: plan every experiment, check everything that can be checked, run the notebooks.
+
+Each experiment is the experiment notebook run by papermill with its own
+parameters: the notebook's defaults, then the experiment's settings from
+experiments.json, then the mode's overrides (demo), then the command line's.
+A finished experiment (its metrics.json made with the same parameters) is
+skipped; an interrupted one resumes from its backup; a failed one does not stop
+the others.
+"""
+from __future__ import annotations
+
+import ast
+import multiprocessing
+import os
+import re
+import shutil
+import subprocess
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from . import PROJECT_ROOT
+from .data import DatasetError, locate_dataset, scan_dataset, split_images
+from .demo import DEFAULT_DEMO_DIR, demo_dataset_complete, generate_demo_dataset, is_demo_dataset
+from .params import EXPERIMENT_NOTEBOOK, ParameterError, check_parameters, notebook_defaults, resolve_path
+from .runs import BACKUP_FOLDER, METRICS_FILE, PREVIOUS_METRICS_FILE, remove_backup
+from .summary import experiment_parameters, format_duration, read_result
+from .weights import ensure_weights_available
+
+SUMMARY_NOTEBOOK = PROJECT_ROOT / "notebooks" / "summary.ipynb"
+SET_BY_THE_SWEEP = {"experiment": "--only", "results_dir": "--results-dir", "graph_dir": "--graph-dir"}
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+class SweepError(RuntimeError):
+    """Something checked before any training is wrong; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class Mode:
+    """Where a kind of sweep reads and writes, and what it changes in every configuration."""
+
+    name: str  # "real" or "demo"
+    results_dir: str
+    graph_dir: str
+    data_dir: str | None
+    overrides: dict = field(default_factory=dict)
+
+    @property
+    def demo(self) -> bool:
+        return self.name == "demo"
+
+
+def make_mode(config: dict, *, demo: bool, results_dir=None, graph_dir=None, data_dir=None) -> Mode:
+    """The real sweep writes results/ and Graph/; the demo sweep results/demo/ and Graph/demo/."""
+    def given(path):  # a path typed on the command line is relative to where it was typed
+        return None if path is None else str(Path(path).expanduser().resolve())
+
+    if demo:
+        return Mode(
+            "demo",
+            given(results_dir) or "results/demo",
+            given(graph_dir) or "Graph/demo",
+            given(data_dir) or os.path.relpath(DEFAULT_DEMO_DIR, PROJECT_ROOT),
+            dict(config.get("demo", {}).get("overrides", {})),
+        )
+    return Mode("real", given(results_dir) or "results", given(graph_dir) or "Graph", given(data_dir))
+
+
+@dataclass
+class Job:
+    name: str
+    params: dict
+    executed_notebook: Path
+
+    @property
+    def run_dir(self) -> Path:
+        return resolve_path(self.params["results_dir"]) / self.name
+
+
+@dataclass
+class Outcome:
+    name: str
+    status: str  # "ran", "skipped", "failed"
+    seconds: float = 0.0
+    detail: str = ""
+    executed_notebook: Path | None = None
+    test_accuracy: float | None = None
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` from --set; VALUE is read as a Python literal when it is one (1e-4, None, True)."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ParameterError(f"--set {text!r}: expected KEY=VALUE, for example --set batch_size=64")
+    if key in SET_BY_THE_SWEEP:
+        raise ParameterError(f"--set {key}=...: {key} is set by the sweep; use {SET_BY_THE_SWEEP[key]} instead")
+    try:
+        value = ast.literal_eval(raw.strip())
+    except (ValueError, SyntaxError):
+        value = raw.strip()
+    return key, value
+
+
+def select(config: dict, only: list[str] | None) -> list[str]:
+    names = list(config["experiments"])
+    if not only:
+        return names
+    wanted = [name.strip() for item in only for name in item.split(",") if name.strip()]
+    unknown = [name for name in wanted if name not in names]
+    if unknown:
+        raise ParameterError(f"--only: unknown experiment(s) {', '.join(unknown)}; known: {', '.join(names)}")
+    return [name for name in names if name in wanted]
+
+
+def plan(config: dict, names: list[str], mode: Mode, cli_overrides: dict) -> list[Job]:
+    """Every job's full, checked parameters; a bad value anywhere stops the sweep before it starts."""
+    defaults = notebook_defaults()
+    jobs = []
+    for name in names:
+        settings = experiment_parameters(config["experiments"][name])
+        params = {
+            **defaults,
+            **settings,
+            **mode.overrides,
+            **cli_overrides,
+            "experiment": name,
+            "results_dir": mode.results_dir,
+            "graph_dir": mode.graph_dir,
+        }
+        if mode.data_dir is not None and "data_dir" not in cli_overrides:
+            params["data_dir"] = mode.data_dir
+        try:
+            params = check_parameters(params)
+        except ParameterError as exc:
+            raise ParameterError(f"Experiment {name}: {exc} (settings from experiments.json, the mode and the command line)") from None
+        jobs.append(Job(name, params, resolve_path(mode.results_dir) / name / f"{name}.ipynb"))
+    return jobs
+
+
+def prepare_demo_data(mode: Mode, config: dict, say: Callable[[str], None] = print) -> None:
+    """Generate the demo set when it is absent (or was left half-written)."""
+    root = resolve_path(mode.data_dir)
+    demo_config = config.get("demo", {})
+    images = demo_config.get("images")
+    expected = images if root == DEFAULT_DEMO_DIR else None  # a set the user pointed at is used as it is
+    if demo_dataset_complete(root, expected):
+        return
+    say(f"Generating the demo data set ({images} images) in {root}")
+    generate_demo_dataset(root, images=images, seed=demo_config.get("seed", 0))
+
+
+def preflight(jobs: list[Job], mode: Mode, say: Callable[[str], None] = print) -> None:
+    """What would otherwise fail in the middle of a long sweep: data and its split, weights, writable folders."""
+    indexes = {}
+    for job in jobs:
+        params = job.params
+        data_dir = params["data_dir"]
+        try:
+            if (data_dir, params["strict_data"]) not in indexes:
+                root = locate_dataset(None if data_dir is None else resolve_path(data_dir))
+                if not mode.demo and is_demo_dataset(root):
+                    raise SweepError(f"{root} is the synthetic demo set; run `python run_all.py --demo` for it, so demo numbers never pass for real ones.")
+                say(f"Checking every image under {root}")
+                indexes[data_dir, params["strict_data"]] = scan_dataset(root, strict=params["strict_data"])
+            index = indexes[data_dir, params["strict_data"]]
+            split_images(index.images, val_fraction=params["val_fraction"], test_fraction=params["test_fraction"], seed=params["seed"])
+        except DatasetError as exc:
+            raise SweepError(f"Experiment {job.name}: {exc}") from None
+    for weights, image_size in sorted({(str(job.params["weights"]), job.params["image_size"]) for job in jobs}):
+        ensure_weights_available(None if weights == "None" else weights, image_size)
+    for folder in sorted({resolve_path(job.params[key]) for job in jobs for key in ("results_dir", "graph_dir")}):
+        _check_writable(folder)
+
+
+def _check_writable(folder: Path) -> None:
+    probe = folder / f".write-test-{os.getpid()}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise SweepError(f"Cannot write to {folder} ({exc.strerror or exc}); free space or fix its permissions.") from None
+
+
+def previous_run(job: Job) -> tuple[bool, str]:
+    """(True, why) when the job's metrics.json exists and was made with the same parameters."""
+    metrics_file = job.run_dir / METRICS_FILE
+    if not metrics_file.exists():
+        if (job.run_dir / BACKUP_FOLDER).exists():
+            return False, "interrupted earlier; resuming from its backup"
+        return False, "not run yet"
+    result = read_result(job.run_dir.parent, job.name)
+    if result.status != "done":
+        return False, f"{result.problem}; running it again"
+    before = result.metrics.get("params", {})
+    changed = sorted(k for k in set(before) | set(job.params) if before.get(k) != job.params.get(k))
+    if changed:
+        detail = ", ".join(f"{k} {before.get(k)!r} -> {job.params.get(k)!r}" for k in changed)
+        return False, f"parameters changed ({detail}); running it again"
+    return True, "finished earlier with the same parameters"
+
+
+def set_aside_previous_results(job: Job, force: bool) -> None:
+    """Keep an outdated metrics.json as metrics.previous.json, so a failed rerun never looks finished."""
+    metrics_file = job.run_dir / METRICS_FILE
+    if metrics_file.exists():
+        os.replace(metrics_file, job.run_dir / PREVIOUS_METRICS_FILE)
+    if force:
+        remove_backup(job.run_dir)
+
+
+def execute(job: Job, kernel: str, progress_bar: bool | dict = False) -> Outcome:
+    """Run one experiment notebook with papermill; a failure becomes an Outcome, not an exception."""
+    import papermill
+
+    start = time.perf_counter()
+    job.executed_notebook.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        papermill.execute_notebook(
+            str(EXPERIMENT_NOTEBOOK), str(job.executed_notebook), parameters=job.params,
+            kernel_name=kernel, progress_bar=progress_bar, cwd=str(PROJECT_ROOT),
+        )
+    except papermill.PapermillExecutionError as exc:
+        if exc.ename == "KeyboardInterrupt":
+            raise KeyboardInterrupt from None
+        detail = f"{exc.ename}: {_ANSI.sub('', exc.evalue)}"
+        return Outcome(job.name, "failed", time.perf_counter() - start, detail, job.executed_notebook)
+    except Exception as exc:  # the kernel died, could not start, ...
+        detail = f"{type(exc).__name__}: {exc}"
+        return Outcome(job.name, "failed", time.perf_counter() - start, detail, job.executed_notebook)
+    result = read_result(job.run_dir.parent, job.name)
+    accuracy = result.metrics["test"]["accuracy"] if result.status == "done" else None
+    status = "ran" if result.status == "done" else "failed"
+    return Outcome(job.name, status, time.perf_counter() - start, result.problem or "", job.executed_notebook, accuracy)
+
+
+def visible_gpus() -> list[str]:
+    """GPU ids for --jobs: CUDA_VISIBLE_DEVICES when set, else what nvidia-smi lists; none on a CPU machine."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES") is not None:
+        return [gpu for gpu in os.environ["CUDA_VISIBLE_DEVICES"].split(",") if gpu.strip() and gpu.strip() != "-1"]
+    if shutil.which("nvidia-smi") is None:
+        return []
+    try:
+        listing = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [str(i) for i, line in enumerate(listing.splitlines()) if line.startswith("GPU ")]
+
+
+def _bind_worker_to_device(devices) -> None:
+    """Each worker process takes one GPU for its lifetime; its notebooks' kernels inherit it."""
+    device = devices.get()
+    if device is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = device
+
+
+def run_jobs(
+    jobs: list[Job], *, kernel: str, parallel: int, on_done: Callable[[Outcome], None], cell_progress: bool
+) -> list[Outcome]:
+    """Run the jobs one after another, or ``parallel`` at once (one GPU each when there are GPUs)."""
+    if parallel <= 1:
+        outcomes = []
+        for job in jobs:
+            bar = {"desc": job.name, "leave": False, "position": 1} if cell_progress else False
+            outcomes.append(execute(job, kernel, bar))
+            on_done(outcomes[-1])
+        return outcomes
+    gpus = visible_gpus()
+    context = multiprocessing.get_context("spawn")
+    devices = context.Manager().Queue()
+    for slot in range(parallel):
+        devices.put(gpus[slot % len(gpus)] if gpus else None)
+    outcomes = []
+    with ProcessPoolExecutor(parallel, mp_context=context, initializer=_bind_worker_to_device, initargs=(devices,)) as pool:
+        futures = {pool.submit(execute, job, kernel, False): job for job in jobs}
+        for future in as_completed(futures):
+            outcomes.append(future.result())
+            on_done(outcomes[-1])
+    order = {job.name: i for i, job in enumerate(jobs)}
+    return sorted(outcomes, key=lambda outcome: order[outcome.name])
+
+
+def run_summary(mode: Mode, config_file: Path, kernel: str) -> Outcome:
+    """The summary notebook over the mode's results folder."""
+    import papermill
+
+    start = time.perf_counter()
+    executed = resolve_path(mode.results_dir) / "summary.ipynb"
+    parameters = {
+        "results_dir": mode.results_dir, "graph_dir": mode.graph_dir, "config_file": str(config_file),
+        "demo": mode.demo, "update_readme": not mode.demo,
+    }
+    try:
+        papermill.execute_notebook(
+            str(SUMMARY_NOTEBOOK), str(executed), parameters=parameters, kernel_name=kernel,
+            progress_bar=False, cwd=str(PROJECT_ROOT),
+        )
+    except papermill.PapermillExecutionError as exc:
+        return Outcome("summary", "failed", time.perf_counter() - start, f"{exc.ename}: {_ANSI.sub('', exc.evalue)}", executed)
+    return Outcome("summary", "ran", time.perf_counter() - start, "", executed)
+
+
+def closing_table(outcomes: list[Outcome]) -> str:
+    """A plain-text table of what happened to every experiment, with times."""
+    lines = [f"{'experiment':<16} {'status':<8} {'time':>8}  {'test acc':>8}  note"]
+    for outcome in outcomes:
+        accuracy = "" if outcome.test_accuracy is None else f"{outcome.test_accuracy:.4f}"
+        lines.append(
+            f"{outcome.name:<16} {outcome.status:<8} {format_duration(outcome.seconds):>8}  {accuracy:>8}  {outcome.detail}"
+        )
+    return "\n".join(lines)
+
+
+def metrics_accuracy(job: Job) -> float | None:
+    result = read_result(job.run_dir.parent, job.name)
+    return result.metrics["test"]["accuracy"] if result.status == "done" else None

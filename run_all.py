@@ -1,0 +1,137 @@
+#!/usr/bin/env python3
+"""Regenerate every experiment of the study, then the summary table, graphs and README section.
+
+Each experiment is notebooks/mobilenet_finetune.ipynb run by papermill with that experiment's
+parameters (experiments.json). Finished experiments whose parameters have not changed are
+skipped; an interrupted one resumes from its last finished epoch; a failed one does not stop
+the others.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+# TensorFlow's C++ start-up messages, here and in every notebook kernel (they inherit the environment).
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+EXAMPLES = """examples:
+  python run_all.py --demo                      synthetic data, offline, a few minutes on a laptop
+  python run_all.py                             the real data set, all seven configurations
+  python run_all.py --only mn_resultset1,mn_resultset4 --epochs 5
+  python run_all.py --set batch_size=64 --jobs 2
+
+outputs: results/<experiment>/ (executed notebook, metrics.json, history.csv), Graph/<n>.png,
+results/summary.csv and summary.md, Graph/The_result_of_MobileNet_fine_tuning.png, and the
+README's results section. --demo writes to results/demo/ and Graph/demo/ and never the README."""
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="run_all.py", description=__doc__, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--demo", action="store_true",
+                        help="run on the synthetic demo set (generated when absent) with the demo overrides of experiments.json")
+    parser.add_argument("--only", action="append", metavar="NAMES",
+                        help="comma-separated experiment names to run (default: all); may be repeated")
+    parser.add_argument("--epochs", type=int, help="epochs for every experiment (default: the notebook's, or the demo's)")
+    parser.add_argument("--image-size", type=int, help="image side in pixels for every experiment")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="any notebook parameter for every experiment, e.g. --set batch_size=64 --set weights=None")
+    parser.add_argument("--data-dir", help="the data set folder (default: data/COVID-19_Radiography_Dataset, else Kaggle; "
+                                           "with --demo: data/demo/COVID-19_Radiography_Dataset)")
+    parser.add_argument("--force", action="store_true", help="rerun experiments even when finished with the same parameters")
+    parser.add_argument("--jobs", type=int, metavar="N",
+                        help="experiments run at once; with GPUs, each gets its own through CUDA_VISIBLE_DEVICES "
+                             "(default: 1; with --demo 2, which overlaps one notebook's start-up with another's training)")
+    parser.add_argument("--config", default="experiments.json", help="the configurations file (default: %(default)s)")
+    parser.add_argument("--results-dir", help="where experiment folders go (default: results, or results/demo)")
+    parser.add_argument("--graph-dir", help="where graphs go (default: Graph, or Graph/demo)")
+    parser.add_argument("--kernel", default="python3", help="Jupyter kernel that runs the notebooks (default: python3)")
+    args = parser.parse_args(argv)
+    if args.jobs is None:
+        args.jobs = 2 if args.demo else 1
+    if args.jobs < 1:
+        parser.error("--jobs must be at least 1")
+    return args
+
+
+def cli_overrides(args: argparse.Namespace) -> dict:
+    from covid_mobilenet.sweep import parse_assignment
+
+    overrides = dict(parse_assignment(item) for item in args.set)
+    if args.epochs is not None:
+        overrides["epochs"] = args.epochs
+    if args.image_size is not None:
+        overrides["image_size"] = args.image_size
+    return overrides
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = time.perf_counter()
+    # Imported after parsing, so that --help answers at once.
+    from tqdm import tqdm
+
+    from covid_mobilenet import sweep
+    from covid_mobilenet.data import DatasetError
+    from covid_mobilenet.weights import WeightsError
+    from covid_mobilenet.params import ParameterError, resolve_path
+    from covid_mobilenet.summary import ConfigError, load_config
+
+    try:
+        config_file = resolve_path(args.config)
+        config = load_config(config_file)
+        mode = sweep.make_mode(config, demo=args.demo, results_dir=args.results_dir, graph_dir=args.graph_dir, data_dir=args.data_dir)
+        jobs = sweep.plan(config, sweep.select(config, args.only), mode, cli_overrides(args))
+        if mode.demo:
+            sweep.prepare_demo_data(mode, config)
+        sweep.preflight(jobs, mode)
+    except (ParameterError, ConfigError, DatasetError, WeightsError, sweep.SweepError) as exc:
+        print(f"run_all.py: {exc}", file=sys.stderr)
+        return 2
+
+    print(f"{mode.name} sweep: {len(jobs)} experiments, results in {resolve_path(mode.results_dir)}")
+    outcomes, to_run = [], []
+    for job in jobs:
+        finished, reason = sweep.previous_run(job)
+        if finished and not args.force:
+            outcomes.append(sweep.Outcome(job.name, "skipped", detail=reason, test_accuracy=sweep.metrics_accuracy(job)))
+        else:
+            print(f"{job.name}: {'forced' if args.force else reason}")
+            sweep.set_aside_previous_results(job, args.force)
+            to_run.append(job)
+
+    progress = tqdm(total=len(jobs), initial=len(outcomes), desc="experiments", unit="exp", position=0)
+
+    def report(outcome: sweep.Outcome) -> None:
+        progress.update()
+        note = f"test accuracy {outcome.test_accuracy:.4f}" if outcome.test_accuracy is not None else outcome.detail
+        tqdm.write(f"{outcome.name}: {outcome.status} in {outcome.seconds:.0f} s; {note}")
+
+    try:
+        outcomes += sweep.run_jobs(to_run, kernel=args.kernel, parallel=args.jobs, on_done=report, cell_progress=sys.stderr.isatty())
+    except KeyboardInterrupt:
+        progress.close()
+        print("\nInterrupted. Finished experiments are kept; run the same command again to resume.", file=sys.stderr)
+        return 130
+    progress.close()
+
+    order = {job.name: i for i, job in enumerate(jobs)}
+    outcomes.sort(key=lambda outcome: order[outcome.name])
+    summary = sweep.run_summary(mode, config_file, args.kernel)
+    print()
+    print(sweep.closing_table(outcomes + [summary]))
+    print(f"\ntotal {time.perf_counter() - started:.0f} s; summary: {resolve_path(mode.results_dir) / 'summary.md'}")
+    failed = [outcome for outcome in outcomes + [summary] if outcome.status == "failed"]
+    if failed:
+        print(f"\n{len(failed)} failed; the executed notebooks show where:", file=sys.stderr)
+        for outcome in failed:
+            print(f"  {outcome.name}: {outcome.executed_notebook}\n    {outcome.detail}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

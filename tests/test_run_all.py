@@ -1,0 +1,194 @@
+"""run_all.py end to end on tiny generated data, and the summary on partial results."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import keras
+import pandas as pd
+import pytest
+
+from covid_mobilenet import summary
+from covid_mobilenet.summary import format_duration
+
+PROJECT = Path(__file__).resolve().parent.parent
+README = PROJECT / "README.md"
+NAMES = [f"mn_resultset{n}" for n in range(1, 8)]
+TINY = ["--image-size", "32", "--epochs", "1", "--set", "batch_size=32"]
+
+
+def run_all(*args, timeout=600, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "run_all.py", *args], cwd=PROJECT, capture_output=True, text=True, timeout=timeout, **kwargs
+    )
+
+
+def folders(tmp: Path, data: Path) -> list[str]:
+    return ["--results-dir", str(tmp / "results"), "--graph-dir", str(tmp / "Graph"), "--data-dir", str(data)]
+
+
+@pytest.fixture(scope="module")
+def demo_sweep(tiny_root, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("sweep")
+    readme_before = README.read_bytes()
+    started = time.perf_counter()
+    first = run_all("--demo", *folders(tmp, tiny_root), *TINY, "--jobs", "2")
+    seconds = time.perf_counter() - started
+    return tmp, first, seconds, readme_before
+
+
+def test_demo_sweep_leaves_every_output(demo_sweep):
+    tmp, first, seconds, readme_before = demo_sweep
+    assert first.returncode == 0, first.stdout + first.stderr
+    results, graphs = tmp / "results", tmp / "Graph"
+    for n, name in enumerate(NAMES, start=1):
+        assert (results / name / f"{name}.ipynb").is_file()
+        assert (results / name / "metrics.json").is_file()
+        assert (graphs / f"{n}.png").is_file()
+    assert (graphs / "The_result_of_MobileNet_fine_tuning.png").is_file()
+    assert (results / "summary.csv").is_file() and (results / "summary.md").is_file()
+    assert (results / "summary.ipynb").is_file()
+    assert "Demo run on synthetic images" in (results / "summary.md").read_text()
+    assert README.read_bytes() == readme_before, "demo mode never touches the README"
+    assert "experiment" in first.stdout and "total" in first.stdout
+
+
+def test_table_numbers_come_from_metrics(demo_sweep):
+    tmp = demo_sweep[0]
+    table = pd.read_csv(tmp / "results" / "summary.csv")
+    assert table["Model"].tolist() == NAMES
+    for row in table.to_dict("records"):
+        metrics = json.loads((tmp / "results" / row["Model"] / "metrics.json").read_text())
+        assert row["Test accuracy"] == metrics["test"]["accuracy"]
+        assert row["Training time"] == format_duration(metrics["train_seconds"])
+        assert row["Training seconds"] == metrics["train_seconds"]
+        assert row["Epochs"] == metrics["epochs_run"] == 1
+        assert metrics["params"]["learning_rate"] == 1e-3  # the demo override, from experiments.json
+        assert row["Study test accuracy"] == summary.load_config()["experiments"][row["Model"]]["reference"]["test_accuracy"]
+    hidden = dict(zip(table["Model"], table["Hidden Layer"]))
+    assert hidden["mn_resultset4"] == 2 and hidden["mn_resultset5"] == 3
+
+
+def test_second_run_trains_nothing(demo_sweep, tiny_root):
+    tmp = demo_sweep[0]
+    stamps = {name: (tmp / "results" / name / "metrics.json").stat().st_mtime_ns for name in NAMES}
+    started = time.perf_counter()
+    second = run_all("--demo", *folders(tmp, tiny_root), *TINY)
+    assert second.returncode == 0, second.stderr
+    assert time.perf_counter() - started < 60
+    assert second.stdout.count("skipped") >= 7
+    assert stamps == {name: (tmp / "results" / name / "metrics.json").stat().st_mtime_ns for name in NAMES}
+
+
+def test_changed_parameters_rerun_and_keep_the_old_result(demo_sweep, tiny_root):
+    tmp = demo_sweep[0]
+    rerun = run_all("--demo", *folders(tmp, tiny_root), *TINY[:2], "--epochs", "2", "--set", "batch_size=32", "--only", "mn_resultset2")
+    assert rerun.returncode == 0, rerun.stderr
+    assert "parameters changed (epochs 1 -> 2)" in rerun.stdout
+    folder = tmp / "results" / "mn_resultset2"
+    assert json.loads((folder / "metrics.json").read_text())["epochs_run"] == 2
+    assert json.loads((folder / "metrics.previous.json").read_text())["epochs_run"] == 1
+
+
+def test_a_failing_configuration_is_reported_and_the_others_complete(tmp_path, tiny_root):
+    # A weights file that exists passes every check before the sweep, and fails when MobileNet loads it.
+    wrong = tmp_path / "wrong.weights.h5"
+    keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)]).save_weights(wrong)
+    config = summary.load_config()
+    config["demo"]["overrides"].pop("weights")  # so that the experiment's own weights count
+    config["experiments"] = {
+        "mn_resultset1": {**config["experiments"]["mn_resultset1"], "weights": None},
+        "mn_resultset2": {**config["experiments"]["mn_resultset2"], "weights": str(wrong)},
+        "mn_resultset3": {**config["experiments"]["mn_resultset3"], "weights": None},
+    }
+    config_file = tmp_path / "experiments.json"
+    config_file.write_text(json.dumps(config))
+    result = run_all("--demo", "--config", str(config_file), *folders(tmp_path, tiny_root), *TINY)
+    assert result.returncode == 1
+    notebook = tmp_path / "results" / "mn_resultset2" / "mn_resultset2.ipynb"
+    assert "1 failed" in result.stderr and str(notebook) in result.stderr and "WeightsError" in result.stderr
+    assert (tmp_path / "results" / "mn_resultset1" / "metrics.json").is_file()
+    assert (tmp_path / "results" / "mn_resultset3" / "metrics.json").is_file()
+    table = pd.read_csv(tmp_path / "results" / "summary.csv")
+    assert table.set_index("Model").loc["mn_resultset2", "Status"] == "failed"
+
+
+def test_killed_during_the_third_experiment_resumes_without_rerunning_the_first_two(tmp_path, tiny_root):
+    args = [sys.executable, "run_all.py", "--demo", *folders(tmp_path, tiny_root), *TINY, "--only", "mn_resultset1,mn_resultset2,mn_resultset3"]
+    process = subprocess.Popen(args, cwd=PROJECT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    third = tmp_path / "results" / "mn_resultset3" / "mn_resultset3.ipynb"
+    deadline = time.monotonic() + 300
+    while not third.exists() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.2)
+    assert third.exists(), "the third experiment never started"
+    os.killpg(process.pid, signal.SIGKILL)  # the sweep and its notebook kernel, without warning
+    process.wait()
+    assert not (tmp_path / "results" / "mn_resultset3" / "metrics.json").exists()
+    stamps = {n: (tmp_path / "results" / n / "metrics.json").stat().st_mtime_ns for n in ("mn_resultset1", "mn_resultset2")}
+
+    again = run_all(*args[2:])
+    assert again.returncode == 0, again.stderr
+    assert stamps == {n: (tmp_path / "results" / n / "metrics.json").stat().st_mtime_ns for n in stamps}
+    assert (tmp_path / "results" / "mn_resultset3" / "metrics.json").is_file()
+    assert "mn_resultset3" in again.stdout and again.stdout.count("skipped") >= 2
+
+
+def test_bad_parameters_stop_the_sweep_before_it_starts(tmp_path, tiny_root):
+    for bad, fragment in (
+        (["--set", "learning_rate=abc"], "Parameter learning_rate"),
+        (["--set", "lerning_rate=1"], "did you mean 'learning_rate'"),
+        (["--set", "val_fraction=0.01"], "val_fraction=0.01"),  # a split that cannot be made
+    ):
+        result = run_all("--demo", *folders(tmp_path, tiny_root), *bad)
+        assert result.returncode == 2 and fragment in result.stderr
+    assert not (tmp_path / "results").exists() or not any((tmp_path / "results").iterdir())
+
+
+def test_summary_on_partial_results(demo_sweep, tmp_path):
+    source = demo_sweep[0] / "results"
+    results = tmp_path / "results"
+    results.mkdir()
+    shutil.copytree(source / "mn_resultset1", results / "mn_resultset1")
+    (results / "mn_resultset2").mkdir()
+    (results / "mn_resultset2" / "metrics.json").write_text('{"experiment": "mn_resul')  # cut off mid-write
+    (results / "mn_resultset3").mkdir()
+    shutil.copy(source / "mn_resultset3" / "mn_resultset3.ipynb", results / "mn_resultset3")  # ran, no metrics
+    config = summary.load_config()
+
+    paths = summary.write_summary(results, tmp_path / "Graph", config=config, demo=True, update_readme=False)
+    table = pd.read_csv(paths["csv"]).set_index("Model")
+    assert table["Status"].to_dict() == {
+        "mn_resultset1": "done", "mn_resultset2": "unreadable", "mn_resultset3": "failed",
+        "mn_resultset4": "missing", "mn_resultset5": "missing", "mn_resultset6": "missing", "mn_resultset7": "missing",
+    }
+    assert pd.isna(table.loc["mn_resultset4", "Test accuracy"])
+    assert (tmp_path / "Graph" / "The_result_of_MobileNet_fine_tuning.png").is_file()
+
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n<!-- results:start -->\nold\n<!-- results:end -->\nafter\n")
+    summary.write_summary(results, tmp_path / "Graph", config=config, demo=False, update_readme=True, readme=readme)
+    text = readme.read_text()
+    assert "old" not in text and text.endswith("<!-- results:end -->\nafter\n")
+    assert "No run on the real data has been recorded" in text, "demo metrics never count as real results"
+    with pytest.raises(ValueError, match="never go into the README"):
+        summary.write_summary(results, tmp_path / "Graph", config=config, demo=True, update_readme=True, readme=readme)
+
+
+def test_real_results_fill_the_readme(demo_sweep, tmp_path):
+    results = tmp_path / "results"
+    shutil.copytree(demo_sweep[0] / "results" / "mn_resultset1", results / "mn_resultset1")
+    metrics_file = results / "mn_resultset1" / "metrics.json"
+    metrics = json.loads(metrics_file.read_text())
+    metrics["dataset"]["demo"] = False  # as a run on the real data would record
+    metrics_file.write_text(json.dumps(metrics))
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- results:start -->\n<!-- results:end -->\n")
+    summary.write_summary(results, tmp_path / "Graph", config=summary.load_config(), demo=False, update_readme=True, readme=readme)
+    text = readme.read_text()
+    assert "1 of 7 configurations" in text
+    assert f"{100 * metrics['test']['accuracy']:.2f}%" in text
+    assert "Graph/The_result_of_MobileNet_fine_tuning.png" in text
