@@ -30,6 +30,7 @@ KAGGLE_URL = f"https://www.kaggle.com/datasets/{KAGGLE_HANDLE}"
 IMAGES_FOLDER = "images"
 MASKS_FOLDER = "masks"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+STUDY_CLASSES = ("COVID", "Lung_Opacity", "Normal", "Viral Pneumonia")
 SPLITS = ("train", "val", "test")
 
 EXPECTED_LAYOUT = (
@@ -210,6 +211,12 @@ def scan_dataset(root: str | os.PathLike, *, strict: bool = False, workers: int 
         )
     if len(class_names) < 2:
         raise DatasetError(f"{root} holds {len(class_names)} class folder(s); at least two are needed; {EXPECTED_LAYOUT}.")
+    missing = [name for name in STUDY_CLASSES if name not in class_names]
+    if missing and set(class_names) < set(STUDY_CLASSES):  # some of the study's classes, not all: a partial copy
+        raise DatasetError(
+            f"Class folder(s) missing under {root}: {', '.join(missing)}; the data set has "
+            f"{', '.join(STUDY_CLASSES)}. Was the archive only partly unzipped? {HOW_TO_GET_DATA}"
+        )
     return ImageIndex(root=root, class_names=class_names, images=images, skipped=skipped)
 
 

@@ -14,14 +14,13 @@ from typing import Any, Mapping
 
 import keras
 import pandas as pd
-import tensorflow as tf
 
 from . import evaluation, files, report, training
 from .data import ImageIndex, Split, locate_dataset, scan_dataset, split_images
 from .demo import is_demo_dataset
 from .model import build_model, compile_model
 from .params import check_parameters, resolve_path
-from .pipeline import split_datasets
+from .pipeline import SplitPipelines, split_pipelines
 from .runs import CONFUSION_FILE, HISTORY_FILE, METRICS_FILE, remove_backup, run_dir
 from .weights import ensure_weights_available
 
@@ -32,7 +31,7 @@ class PreparedData:
     index: ImageIndex
     split: Split
     split_file: Path
-    datasets: dict[str, tf.data.Dataset]
+    pipelines: SplitPipelines
 
     @property
     def class_names(self) -> list[str]:
@@ -40,9 +39,11 @@ class PreparedData:
 
 
 def check(namespace: Mapping[str, Any]) -> dict[str, Any]:
-    """Every parameter checked, and the weights known to be available, before any data is read."""
+    """Every parameter checked, the weights available and the output folders writable, before any data is read."""
     params = check_parameters(namespace)
     ensure_weights_available(params["weights"], params["image_size"])
+    for folder in (params["results_dir"], params["graph_dir"]):
+        files.ensure_writable(resolve_path(folder))
     return params
 
 
@@ -61,11 +62,11 @@ def prepare_data(params: dict) -> PreparedData:
     if not split_file.exists():
         split.save(split_file)
     cache_dir = None if params["cache_dir"] is None else resolve_path(params["cache_dir"])
-    datasets = split_datasets(
+    pipelines = split_pipelines(
         split, index.root, index.class_names, image_size=params["image_size"],
         batch_size=params["batch_size"], seed=params["seed"], cache_dir=cache_dir,
     )
-    return PreparedData(index.root, index, split, split_file, datasets)
+    return PreparedData(index.root, index, split, split_file, pipelines)
 
 
 def build(params: dict, data: PreparedData) -> keras.Model:
@@ -83,17 +84,14 @@ def build(params: dict, data: PreparedData) -> keras.Model:
 
 
 def train(model: keras.Model, data: PreparedData, params: dict) -> pd.DataFrame:
-    return training.fit(
-        model, data.datasets["train"], data.datasets["val"],
-        epochs=params["epochs"], run_dir=run_dir(params), params=params,
-    )
+    return training.fit(model, data.pipelines, epochs=params["epochs"], run_dir=run_dir(params), params=params)
 
 
 def evaluate(model: keras.Model, data: PreparedData, params: dict, history: pd.DataFrame) -> dict:
     """The full metrics record of a finished run (see the module docstring for where it goes)."""
     results = {}
     for subset in ("train", "val", "test"):
-        labels, probabilities = evaluation.predict(model, data.datasets[subset])
+        labels, probabilities = evaluation.predict(model, data.pipelines.batches(subset))
         if subset == "test":
             results[subset] = evaluation.classification_report(labels, probabilities, data.class_names)
         else:

@@ -1,6 +1,7 @@
 """Atomic file writes: a reader (or a rerun after a crash) never sees half a file."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -29,6 +30,24 @@ def write_atomic(path: str | os.PathLike, text: str) -> Path:
         Path(temporary).unlink(missing_ok=True)
         raise
     return path
+
+
+class StorageError(OSError):
+    """A folder cannot be written; the message names it and says what to do."""
+
+
+def ensure_writable(folder: str | os.PathLike) -> Path:
+    """Create ``folder`` if needed and prove a file can be written there, before any long work."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        descriptor, probe = tempfile.mkstemp(dir=folder, prefix=".write-test-")
+        os.close(descriptor)
+        os.unlink(probe)
+    except OSError as exc:
+        hint = "free some space" if exc.errno == errno.ENOSPC else "fix its permissions or choose another folder"
+        raise StorageError(exc.errno, f"Cannot write to {folder} ({exc.strerror or exc}); {hint}.") from None
+    return folder
 
 
 def write_json(path: str | os.PathLike, data: dict) -> Path:

@@ -6,12 +6,14 @@ so a saved model takes raw pixels.
 """
 from __future__ import annotations
 
+import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import tensorflow as tf
 
-from .data import Split
+from .data import SPLITS, Split
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -26,28 +28,51 @@ def load_image(path: tf.Tensor, image_size: int) -> tf.Tensor:
     return tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
 
 
-def make_dataset(
-    paths: list[str],
-    labels: list[int],
-    *,
-    image_size: int,
-    batch_size: int,
-    shuffle_seed: int | None = None,
-    cache_file: str | os.PathLike | None = None,
+def decoded(
+    paths: list[str], labels: list[int], *, image_size: int, cache_file: str | os.PathLike | None = None
 ) -> tf.data.Dataset:
-    """Batches of (uint8 images, int32 labels); shuffled each epoch when ``shuffle_seed`` is given.
-
-    Decoded images are cached in memory, or in ``cache_file`` on disk when given,
-    so files are decoded in the first epoch only.
-    """
+    """(uint8 image, int32 label) pairs, each file decoded once: cached in memory, or in ``cache_file`` on disk."""
     dataset = tf.data.Dataset.from_tensor_slices((list(map(str, paths)), tf.constant(labels, tf.int32)))
-    dataset = dataset.map(
-        lambda path, label: (load_image(path, image_size), label), num_parallel_calls=AUTOTUNE
-    )
-    dataset = dataset.cache(_prepare_cache_file(cache_file) if cache_file else "")
-    if shuffle_seed is not None:
-        dataset = dataset.shuffle(len(paths), seed=shuffle_seed, reshuffle_each_iteration=True)
-    return dataset.batch(batch_size).prefetch(AUTOTUNE)
+    dataset = dataset.map(lambda path, label: (load_image(path, image_size), label), num_parallel_calls=AUTOTUNE)
+    return dataset.cache(_prepare_cache_file(cache_file) if cache_file else "")
+
+
+def shuffled_epochs(
+    dataset: tf.data.Dataset, *, size: int, batch_size: int, seed: int, first_epoch: int, epochs: int
+) -> tf.data.Dataset:
+    """Batches of epochs ``first_epoch`` .. ``epochs - 1``, each epoch in its own order drawn from (seed, epoch).
+
+    Because an epoch's order depends only on its number, a run resumed at epoch
+    k sees exactly the batches an uninterrupted run would have seen from k on.
+    """
+    def one_epoch(epoch):
+        return dataset.shuffle(size, seed=tf.constant(seed, tf.int64) * 1_000_003 + epoch).batch(batch_size)
+
+    return tf.data.Dataset.range(first_epoch, epochs).flat_map(one_epoch).prefetch(AUTOTUNE)
+
+
+@dataclass
+class SplitPipelines:
+    """The decoded-once images of each subset, served in split order or shuffled for training."""
+
+    decoded: dict[str, tf.data.Dataset]
+    sizes: dict[str, int]
+    batch_size: int
+    seed: int
+
+    def batches(self, subset: str) -> tf.data.Dataset:
+        """A subset in the split table's order: for validation and evaluation."""
+        return self.decoded[subset].batch(self.batch_size).prefetch(AUTOTUNE)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(self.sizes["train"] / self.batch_size)
+
+    def training_epochs(self, first_epoch: int, epochs: int) -> tf.data.Dataset:
+        return shuffled_epochs(
+            self.decoded["train"], size=self.sizes["train"], batch_size=self.batch_size,
+            seed=self.seed, first_epoch=first_epoch, epochs=epochs,
+        )
 
 
 def split_arrays(split: Split, root: Path, class_names: list[str], subset: str) -> tuple[list[str], list[int]]:
@@ -57,7 +82,7 @@ def split_arrays(split: Split, root: Path, class_names: list[str], subset: str) 
     return [str(Path(root) / p) for p in rows["path"]], [index[label] for label in rows["label"]]
 
 
-def split_datasets(
+def split_pipelines(
     split: Split,
     root: Path,
     class_names: list[str],
@@ -66,21 +91,14 @@ def split_datasets(
     batch_size: int,
     seed: int,
     cache_dir: str | os.PathLike | None = None,
-) -> dict[str, tf.data.Dataset]:
-    """One dataset per subset (train, val, test); only train is shuffled."""
-    datasets = {}
-    for subset in ("train", "val", "test"):
+) -> SplitPipelines:
+    decoded_subsets, sizes = {}, {}
+    for subset in SPLITS:
         paths, labels = split_arrays(split, root, class_names, subset)
         cache_file = Path(cache_dir) / f"{subset}-{image_size}px-{split.sha256[:16]}" if cache_dir else None
-        datasets[subset] = make_dataset(
-            paths,
-            labels,
-            image_size=image_size,
-            batch_size=batch_size,
-            shuffle_seed=seed if subset == "train" else None,
-            cache_file=cache_file,
-        )
-    return datasets
+        decoded_subsets[subset] = decoded(paths, labels, image_size=image_size, cache_file=cache_file)
+        sizes[subset] = len(paths)
+    return SplitPipelines(decoded_subsets, sizes, batch_size, seed)
 
 
 def _prepare_cache_file(cache_file: str | os.PathLike) -> str:

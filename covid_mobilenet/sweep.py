@@ -23,6 +23,7 @@ from typing import Any, Callable
 
 from . import PROJECT_ROOT
 from .data import DatasetError, locate_dataset, scan_dataset, split_images
+from .files import StorageError, ensure_writable
 from .demo import DEFAULT_DEMO_DIR, demo_dataset_complete, generate_demo_dataset, is_demo_dataset
 from .params import EXPERIMENT_NOTEBOOK, ParameterError, check_parameters, notebook_defaults, resolve_path
 from .runs import BACKUP_FOLDER, METRICS_FILE, PREVIOUS_METRICS_FILE, remove_backup
@@ -173,17 +174,10 @@ def preflight(jobs: list[Job], mode: Mode, say: Callable[[str], None] = print) -
     for weights, image_size in sorted({(str(job.params["weights"]), job.params["image_size"]) for job in jobs}):
         ensure_weights_available(None if weights == "None" else weights, image_size)
     for folder in sorted({resolve_path(job.params[key]) for job in jobs for key in ("results_dir", "graph_dir")}):
-        _check_writable(folder)
-
-
-def _check_writable(folder: Path) -> None:
-    probe = folder / f".write-test-{os.getpid()}"
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as exc:
-        raise SweepError(f"Cannot write to {folder} ({exc.strerror or exc}); free space or fix its permissions.") from None
+        try:
+            ensure_writable(folder)
+        except StorageError as exc:
+            raise SweepError(exc.strerror) from None
 
 
 def previous_run(job: Job) -> tuple[bool, str]:

@@ -16,6 +16,7 @@ import keras
 import pandas as pd
 import tensorflow as tf
 
+from .pipeline import SplitPipelines
 from .runs import backup_dir
 
 HISTORY_COLUMNS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "epoch_seconds"]
@@ -39,15 +40,36 @@ class EpochTimer(keras.callbacks.Callback):
             logs["epoch_seconds"] = time.perf_counter() - self._start
 
 
-def fit(
-    model: keras.Model,
-    train: tf.data.Dataset,
-    val: tf.data.Dataset,
-    *,
-    epochs: int,
-    run_dir: Path,
-    params: dict,
-) -> pd.DataFrame:
+class RandomStateBackup(keras.callbacks.Callback):
+    """Backs up the random generators' states (Dropout's), which BackupAndRestore does not restore.
+
+    Without them a resumed run would draw other dropout masks than an uninterrupted one.
+    Placed after BackupAndRestore: it saves after that callback and restores after it.
+    """
+
+    def __init__(self, path: Path, resumed_epoch: int):
+        super().__init__()
+        self.path = Path(path)
+        self.resumed_epoch = resumed_epoch
+
+    def _states(self):
+        return [v for v in self.model.variables if "seed_generator_state" in v.path]
+
+    def on_train_begin(self, logs=None):
+        if not self.path.is_file():
+            return
+        saved = json.loads(self.path.read_text())
+        states = self._states()
+        if saved["epoch"] == self.resumed_epoch and len(saved["states"]) == len(states):
+            for variable, value in zip(states, saved["states"]):
+                variable.assign(value)
+
+    def on_epoch_end(self, epoch, logs=None):
+        states = [v.numpy().tolist() for v in self._states()]
+        self.path.write_text(json.dumps({"epoch": epoch + 1, "states": states}))
+
+
+def fit(model: keras.Model, pipelines: SplitPipelines, *, epochs: int, run_dir: Path, params: dict) -> pd.DataFrame:
     """Train to ``epochs`` (resuming a backup made with the same ``params``); the full per-epoch history."""
     backup = backup_dir(run_dir)
     identity = _backup_identity(params)
@@ -55,14 +77,35 @@ def fit(
     backup.mkdir(parents=True, exist_ok=True)
     (backup / "params.json").write_text(identity)
     log = backup / "history.csv"
+    keras_backup = backup / "keras"
+    # BackupAndRestore restores the weights, the optimizer and the epoch to start from; the data
+    # pipeline starts at that epoch too, so the resumed run sees the batches of an uninterrupted one.
+    first_epoch = min(resumed_epoch(keras_backup), epochs)
     callbacks = [
         EpochTimer(),  # before the logger, which writes the logs it adds
         keras.callbacks.CSVLogger(str(log), append=True),
-        keras.callbacks.BackupAndRestore(str(backup / "keras"), double_checkpoint=True, delete_checkpoint=False),
+        keras.callbacks.BackupAndRestore(str(keras_backup), double_checkpoint=True, delete_checkpoint=False),
+        RandomStateBackup(backup / "random_state.json", first_epoch),
     ]
-    # shuffle=False: the training dataset already reshuffles itself, with its seed, every epoch
-    model.fit(train, validation_data=val, epochs=epochs, callbacks=callbacks, shuffle=False, verbose=2)
+    model.fit(
+        pipelines.training_epochs(first_epoch, epochs),
+        validation_data=pipelines.batches("val"),
+        epochs=epochs,
+        steps_per_epoch=pipelines.steps_per_epoch,
+        callbacks=callbacks,
+        shuffle=False,  # the pipeline shuffles each epoch itself
+        verbose=2,
+    )
     return read_history(log)
+
+
+def resumed_epoch(keras_backup: Path) -> int:
+    """The epoch BackupAndRestore will resume from (0 without a backup)."""
+    metadata = Path(keras_backup) / "training_metadata.json"
+    try:
+        return int(json.loads(metadata.read_text())["epoch"])
+    except (OSError, ValueError, KeyError):
+        return 0
 
 
 def read_history(log: Path) -> pd.DataFrame:

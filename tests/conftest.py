@@ -3,6 +3,9 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -45,3 +48,29 @@ def tiny_params(tmp_path: Path, data_dir: Path, **overrides) -> dict:
         "weights": None,
         **overrides,
     }
+
+
+PROJECT = Path(__file__).resolve().parent.parent
+README = PROJECT / "README.md"
+NAMES = [f"mn_resultset{n}" for n in range(1, 8)]
+TINY = ["--image-size", "32", "--epochs", "2", "--set", "batch_size=32"]  # a sweep of seconds per experiment
+
+
+def run_all(*args, timeout=600, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "run_all.py", *args], cwd=PROJECT, capture_output=True, text=True, timeout=timeout, **kwargs
+    )
+
+
+def folders(tmp: Path, data: Path) -> list[str]:
+    return ["--results-dir", str(tmp / "results"), "--graph-dir", str(tmp / "Graph"), "--data-dir", str(data)]
+
+
+@pytest.fixture(scope="session")
+def demo_sweep(tiny_root, tmp_path_factory):
+    """One uninterrupted demo sweep on tiny data: (folder, completed process, seconds, README bytes before)."""
+    tmp = tmp_path_factory.mktemp("sweep")
+    readme_before = README.read_bytes()
+    started = time.perf_counter()
+    first = run_all("--demo", *folders(tmp, tiny_root), *TINY)
+    return tmp, first, time.perf_counter() - started, readme_before

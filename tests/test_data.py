@@ -42,15 +42,15 @@ def test_counts_exactly_the_images_and_never_masks(demo_root):
 
 
 def test_older_flat_layout_and_any_case_extensions(tmp_path):
-    for name in ("COVID", "Normal", "Viral Pneumonia"):
+    for name in CLASSES:
         folder = tmp_path / name
         folder.mkdir()
         for i, suffix in enumerate((".png", ".PNG", ".jpg", ".JPEG")):
             image = Image.new("L", (20, 20), 10 * i)
             image.save(folder / f"{name}-{i}{suffix}", format="PNG" if "png" in suffix.lower() else "JPEG")
     index = scan_dataset(tmp_path)
-    assert index.class_names == ["COVID", "Normal", "Viral Pneumonia"]
-    assert index.counts() == {"COVID": 4, "Normal": 4, "Viral Pneumonia": 4}
+    assert index.class_names == CLASSES
+    assert index.counts() == {name: 4 for name in CLASSES}
     assert "Viral Pneumonia/Viral Pneumonia-3.JPEG" in set(index.images["path"])
 
 
@@ -126,11 +126,31 @@ def test_empty_class_folder_is_an_error(demo_root):
         scan_dataset(demo_root)
 
 
-def test_a_single_class_is_an_error(demo_root):
-    for name in CLASSES[1:]:
-        shutil.rmtree(demo_root / name)
+def test_a_single_class_is_an_error(tmp_path):
+    (tmp_path / "Cats" / "images").mkdir(parents=True)
+    Image.new("L", (20, 20)).save(tmp_path / "Cats" / "images" / "cat.png")
     with pytest.raises(DatasetError, match="at least two"):
+        scan_dataset(tmp_path)
+
+
+def test_a_missing_study_class_is_an_error(demo_root):
+    shutil.rmtree(demo_root / "Viral Pneumonia")
+    with pytest.raises(DatasetError, match="missing under .*: Viral Pneumonia; .*partly unzipped"):
         scan_dataset(demo_root)
+
+
+def test_other_class_sets_are_allowed(tmp_path):
+    for name in ("cats", "dogs"):
+        (tmp_path / name).mkdir()
+        for i in range(3):
+            Image.new("L", (20, 20), i * 40).save(tmp_path / name / f"{i}.png")
+    assert scan_dataset(tmp_path).class_names == ["cats", "dogs"]
+
+
+def test_masks_beside_images_are_never_read_even_when_broken(demo_root):
+    (demo_root / "COVID" / "masks" / "broken.png").write_bytes(b"")
+    index = scan_dataset(demo_root)
+    assert index.skipped == [] and not index.images["path"].str.contains("masks").any()
 
 
 # ---------------------------------------------------------------- locating

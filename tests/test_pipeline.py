@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from covid_mobilenet.data import scan_dataset, split_images
-from covid_mobilenet.pipeline import make_dataset, split_arrays, split_datasets
+from covid_mobilenet.pipeline import decoded, shuffled_epochs, split_arrays, split_pipelines
 
 # One gray level per class, written in every format the loader must accept.
 LEVELS = {"A": 30, "B": 120, "C": 210}
@@ -35,8 +35,8 @@ def test_batches_are_uint8_3_channel_with_labels_in_class_order(level_root):
     index = scan_dataset(level_root)
     assert len(index.images) == 36
     split = split_images(index.images, seed=0)
-    datasets = split_datasets(split, index.root, index.class_names, image_size=40, batch_size=4, seed=0)
-    for subset, dataset in datasets.items():
+    pipelines = split_pipelines(split, index.root, index.class_names, image_size=40, batch_size=4, seed=0)
+    for subset, dataset in [(s, pipelines.batches(s)) for s in ("train", "val", "test")] + [("train", pipelines.training_epochs(0, 1))]:
         seen = 0
         for images, labels in dataset:
             images, labels = images.numpy(), labels.numpy()
@@ -53,27 +53,30 @@ def test_unshuffled_order_follows_the_split_table(demo_root):
     index = scan_dataset(demo_root)
     split = split_images(index.images)
     paths, labels = split_arrays(split, index.root, index.class_names, "test")
-    dataset = make_dataset(paths, labels, image_size=32, batch_size=7)
+    dataset = decoded(paths, labels, image_size=32).batch(7)
     got = np.concatenate([y.numpy() for _, y in dataset])
     expected = [index.class_names.index(label) for label in split.subset("test")["label"]]
     assert got.tolist() == expected
     assert all(Path(p).is_file() and "/images/" in p for p in paths)
 
 
-def test_training_order_is_seeded_and_reshuffled_each_epoch(level_root):
+def test_each_epoch_has_its_own_seeded_order_and_a_resumed_run_sees_the_same(level_root):
     index = scan_dataset(level_root)
     paths = [str(index.root / p) for p in index.images["path"]]
     labels = list(range(len(paths)))  # each label identifies its image
+    images = decoded(paths, labels, image_size=16)
 
-    def epochs(seed, count=2):
-        dataset = make_dataset(paths, labels, image_size=16, batch_size=5, shuffle_seed=seed)
-        return [np.concatenate([y.numpy() for _, y in dataset]).tolist() for _ in range(count)]
+    def orders(seed, first_epoch, epochs=3):
+        dataset = shuffled_epochs(images, size=len(paths), batch_size=5, seed=seed, first_epoch=first_epoch, epochs=epochs)
+        flat = np.concatenate([y.numpy() for _, y in dataset]).tolist()
+        return [flat[i : i + len(paths)] for i in range(0, len(flat), len(paths))]
 
-    first, second = epochs(1)
-    assert sorted(first) == labels
-    assert first != second
-    assert epochs(1) == [first, second]
-    assert epochs(2)[0] != first
+    first, second, third = orders(1, 0)
+    assert sorted(first) == sorted(second) == labels
+    assert first != second != third
+    assert orders(1, 0) == [first, second, third]
+    assert orders(1, 1) == [second, third], "resuming at epoch 1 gives the uninterrupted run's epochs 1 and 2"
+    assert orders(2, 0)[0] != first
 
 
 def test_disk_cache_is_written_reused_and_recovers_from_an_interrupted_write(level_root, tmp_path):
@@ -84,11 +87,11 @@ def test_disk_cache_is_written_reused_and_recovers_from_an_interrupted_write(lev
     cache.parent.mkdir()
     (cache.parent / "train-16px_0.lockfile").write_text("left by a killed run")
 
-    dataset = make_dataset(paths, labels, image_size=16, batch_size=8, cache_file=cache)
+    dataset = decoded(paths, labels, image_size=16, cache_file=cache).batch(8)
     first = np.concatenate([x.numpy() for x, _ in dataset])
     assert Path(f"{cache}.index").exists()
     assert not (cache.parent / "train-16px_0.lockfile").exists()
     for path in paths:  # the cache alone must now serve the images
         Path(path).unlink()
-    again = make_dataset(paths, labels, image_size=16, batch_size=8, cache_file=cache)
+    again = decoded(paths, labels, image_size=16, cache_file=cache).batch(8)
     assert np.array_equal(first, np.concatenate([x.numpy() for x, _ in again]))

@@ -6,7 +6,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import keras
 import pandas as pd
@@ -15,30 +14,7 @@ import pytest
 from covid_mobilenet import summary
 from covid_mobilenet.summary import format_duration
 
-PROJECT = Path(__file__).resolve().parent.parent
-README = PROJECT / "README.md"
-NAMES = [f"mn_resultset{n}" for n in range(1, 8)]
-TINY = ["--image-size", "32", "--epochs", "1", "--set", "batch_size=32"]
-
-
-def run_all(*args, timeout=600, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "run_all.py", *args], cwd=PROJECT, capture_output=True, text=True, timeout=timeout, **kwargs
-    )
-
-
-def folders(tmp: Path, data: Path) -> list[str]:
-    return ["--results-dir", str(tmp / "results"), "--graph-dir", str(tmp / "Graph"), "--data-dir", str(data)]
-
-
-@pytest.fixture(scope="module")
-def demo_sweep(tiny_root, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("sweep")
-    readme_before = README.read_bytes()
-    started = time.perf_counter()
-    first = run_all("--demo", *folders(tmp, tiny_root), *TINY, "--jobs", "2")
-    seconds = time.perf_counter() - started
-    return tmp, first, seconds, readme_before
+from tests.conftest import NAMES, PROJECT, README, TINY, folders, run_all
 
 
 def test_demo_sweep_leaves_every_output(demo_sweep):
@@ -66,7 +42,7 @@ def test_table_numbers_come_from_metrics(demo_sweep):
         assert row["Test accuracy"] == metrics["test"]["accuracy"]
         assert row["Training time"] == format_duration(metrics["train_seconds"])
         assert row["Training seconds"] == metrics["train_seconds"]
-        assert row["Epochs"] == metrics["epochs_run"] == 1
+        assert row["Epochs"] == metrics["epochs_run"] == 2
         assert metrics["params"]["learning_rate"] == 1e-3  # the demo override, from experiments.json
         assert row["Study test accuracy"] == summary.load_config()["experiments"][row["Model"]]["reference"]["test_accuracy"]
     hidden = dict(zip(table["Model"], table["Hidden Layer"]))
@@ -86,12 +62,12 @@ def test_second_run_trains_nothing(demo_sweep, tiny_root):
 
 def test_changed_parameters_rerun_and_keep_the_old_result(demo_sweep, tiny_root):
     tmp = demo_sweep[0]
-    rerun = run_all("--demo", *folders(tmp, tiny_root), *TINY[:2], "--epochs", "2", "--set", "batch_size=32", "--only", "mn_resultset2")
+    rerun = run_all("--demo", *folders(tmp, tiny_root), *TINY[:2], "--epochs", "3", "--set", "batch_size=32", "--only", "mn_resultset5")
     assert rerun.returncode == 0, rerun.stderr
-    assert "parameters changed (epochs 1 -> 2)" in rerun.stdout
-    folder = tmp / "results" / "mn_resultset2"
-    assert json.loads((folder / "metrics.json").read_text())["epochs_run"] == 2
-    assert json.loads((folder / "metrics.previous.json").read_text())["epochs_run"] == 1
+    assert "parameters changed (epochs 2 -> 3)" in rerun.stdout
+    folder = tmp / "results" / "mn_resultset5"
+    assert json.loads((folder / "metrics.json").read_text())["epochs_run"] == 3
+    assert json.loads((folder / "metrics.previous.json").read_text())["epochs_run"] == 2
 
 
 def test_a_failing_configuration_is_reported_and_the_others_complete(tmp_path, tiny_root):
@@ -117,24 +93,45 @@ def test_a_failing_configuration_is_reported_and_the_others_complete(tmp_path, t
     assert table.set_index("Model").loc["mn_resultset2", "Status"] == "failed"
 
 
-def test_killed_during_the_third_experiment_resumes_without_rerunning_the_first_two(tmp_path, tiny_root):
+def comparable(metrics: dict) -> dict:
+    """What must not depend on interruptions or on the process: everything but times, places and versions."""
+    return {
+        "params": {k: v for k, v in metrics["params"].items() if k not in ("results_dir", "graph_dir")},
+        "dataset": metrics["dataset"],
+        **{key: metrics[key] for key in ("model", "train", "val", "test", "epochs_run")},
+    }
+
+
+def test_killed_mid_training_resumes_and_ends_as_an_uninterrupted_sweep(demo_sweep, tmp_path, tiny_root):
     args = [sys.executable, "run_all.py", "--demo", *folders(tmp_path, tiny_root), *TINY, "--only", "mn_resultset1,mn_resultset2,mn_resultset3"]
     process = subprocess.Popen(args, cwd=PROJECT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    third = tmp_path / "results" / "mn_resultset3" / "mn_resultset3.ipynb"
+    third = tmp_path / "results" / "mn_resultset3"
+    first_epoch_saved = third / "backup" / "keras" / "training_metadata.json"
     deadline = time.monotonic() + 300
-    while not third.exists() and time.monotonic() < deadline and process.poll() is None:
-        time.sleep(0.2)
-    assert third.exists(), "the third experiment never started"
-    os.killpg(process.pid, signal.SIGKILL)  # the sweep and its notebook kernel, without warning
+    while not first_epoch_saved.exists() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    assert first_epoch_saved.exists(), "the third experiment never finished its first epoch"
+    os.killpg(process.pid, signal.SIGKILL)  # the sweep and its notebook kernels, without warning
     process.wait()
-    assert not (tmp_path / "results" / "mn_resultset3" / "metrics.json").exists()
+    assert not (third / "metrics.json").exists()
     stamps = {n: (tmp_path / "results" / n / "metrics.json").stat().st_mtime_ns for n in ("mn_resultset1", "mn_resultset2")}
 
     again = run_all(*args[2:])
     assert again.returncode == 0, again.stderr
-    assert stamps == {n: (tmp_path / "results" / n / "metrics.json").stat().st_mtime_ns for n in stamps}
-    assert (tmp_path / "results" / "mn_resultset3" / "metrics.json").is_file()
-    assert "mn_resultset3" in again.stdout and again.stdout.count("skipped") >= 2
+    assert "mn_resultset3: interrupted earlier; resuming from its backup" in again.stdout
+    assert stamps == {n: (tmp_path / "results" / n / "metrics.json").stat().st_mtime_ns for n in stamps}, "no finished experiment reran"
+    assert again.stdout.count("skipped") >= 2
+    assert not (third / "backup").exists()
+
+    # Same seed, same numbers: the interrupted-and-resumed sweep equals the uninterrupted one.
+    for name in ("mn_resultset1", "mn_resultset2", "mn_resultset3"):
+        resumed = json.loads((tmp_path / "results" / name / "metrics.json").read_text())
+        uninterrupted = json.loads((demo_sweep[0] / "results" / name / "metrics.json").read_text())
+        assert comparable(resumed) == comparable(uninterrupted), name
+    columns = ["Model", "Test accuracy", "Macro F1", "COVID sensitivity", "Epochs"]
+    resumed_table = pd.read_csv(tmp_path / "results" / "summary.csv")[columns]
+    uninterrupted_table = pd.read_csv(demo_sweep[0] / "results" / "summary.csv")[columns].iloc[:3]
+    pd.testing.assert_frame_equal(resumed_table.iloc[:3], uninterrupted_table, check_dtype=False)
 
 
 def test_bad_parameters_stop_the_sweep_before_it_starts(tmp_path, tiny_root):

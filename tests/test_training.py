@@ -3,46 +3,60 @@ import pandas as pd
 import tensorflow as tf
 
 from covid_mobilenet import training
-from covid_mobilenet.runs import remove_backup
 from covid_mobilenet.model import build_model, compile_model
+from covid_mobilenet.pipeline import SplitPipelines
+from covid_mobilenet.runs import remove_backup
 
 
-def tiny_data(seed=0):
+def tiny_pipelines(seed=0) -> SplitPipelines:
     rng = np.random.default_rng(seed)
-    images = rng.integers(0, 256, (24, 32, 32, 3)).astype("uint8")
-    labels = rng.integers(0, 4, 24).astype("int32")
-    return tf.data.Dataset.from_tensor_slices((images, labels)).batch(8)
+    subsets = {}
+    for name in ("train", "val", "test"):
+        images = rng.integers(0, 256, (24, 32, 32, 3)).astype("uint8")
+        labels = rng.integers(0, 4, 24).astype("int32")
+        subsets[name] = tf.data.Dataset.from_tensor_slices((images, labels)).cache()
+    return SplitPipelines(subsets, {name: 24 for name in subsets}, batch_size=8, seed=seed)
 
 
-def tiny_model():
-    model = build_model(4, image_size=32, hidden_layers=1, dense_units=4, dropout=0.0, weights=None, train_base=False)
+def tiny_model(train_base=False):
+    model = build_model(4, image_size=32, hidden_layers=1, dense_units=4, dropout=0.5, weights=None, train_base=train_base)
     return compile_model(model, 1e-3)
 
 
 PARAMS = {"experiment": "t", "seed": 1, "epochs": 1}
 
 
-def test_an_interrupted_run_resumes_from_its_last_finished_epoch(tmp_path, capsys):
-    training.set_seeds(1, deterministic=True)
-    first = training.fit(tiny_model(), tiny_data(), tiny_data(1), epochs=1, run_dir=tmp_path, params=PARAMS)
-    assert (tmp_path / "backup" / "keras" / "latest.weights.h5").exists()
-    # a new process would build a fresh model; the backup brings back epoch 1
-    resumed = training.fit(tiny_model(), tiny_data(), tiny_data(1), epochs=3, run_dir=tmp_path, params={**PARAMS, "epochs": 3})
+def fresh_model(train_base=False):
+    training.set_seeds(1, deterministic=True)  # as a new process would, before building the model
+    return tiny_model(train_base)
+
+
+def test_a_resumed_run_ends_exactly_where_an_uninterrupted_one_does(tmp_path, capsys):
+    uninterrupted_model = fresh_model(train_base=True)
+    uninterrupted = training.fit(uninterrupted_model, tiny_pipelines(), epochs=3, run_dir=tmp_path / "a", params=PARAMS)
+
+    first = training.fit(fresh_model(train_base=True), tiny_pipelines(), epochs=1, run_dir=tmp_path / "b", params=PARAMS)
+    assert (tmp_path / "b" / "backup" / "keras" / "latest.weights.h5").exists()
+    resumed_model = fresh_model(train_base=True)  # a new process builds a fresh model; the backup brings back epoch 1
+    resumed = training.fit(resumed_model, tiny_pipelines(), epochs=3, run_dir=tmp_path / "b", params={**PARAMS, "epochs": 3})
     assert "Resuming" in capsys.readouterr().out
+
     assert resumed["epoch"].tolist() == [1, 2, 3]
     pd.testing.assert_series_equal(resumed.iloc[0], first.iloc[0], check_names=False)
+    columns = ["loss", "accuracy", "val_loss", "val_accuracy"]
+    pd.testing.assert_frame_equal(resumed[columns], uninterrupted[columns])
+    for expected, actual in zip(uninterrupted_model.get_weights(), resumed_model.get_weights()):
+        np.testing.assert_array_equal(expected, actual)
     assert (resumed["epoch_seconds"] > 0).all()
-    remove_backup(tmp_path)
-    assert not (tmp_path / "backup").exists()
+    remove_backup(tmp_path / "b")
+    assert not (tmp_path / "b" / "backup").exists()
 
 
 def test_a_backup_of_other_parameters_is_discarded(tmp_path, capsys):
-    training.fit(tiny_model(), tiny_data(), tiny_data(1), epochs=1, run_dir=tmp_path, params=PARAMS)
-    history = training.fit(tiny_model(), tiny_data(), tiny_data(1), epochs=1, run_dir=tmp_path, params={**PARAMS, "seed": 2})
+    training.fit(fresh_model(), tiny_pipelines(), epochs=1, run_dir=tmp_path, params=PARAMS)
+    history = training.fit(fresh_model(), tiny_pipelines(), epochs=1, run_dir=tmp_path, params={**PARAMS, "seed": 2})
     assert "Discarding the backup" in capsys.readouterr().out
     assert history["epoch"].tolist() == [1]
-
-
 def test_history_keeps_the_last_row_of_a_rerun_epoch(tmp_path):
     log = tmp_path / "log.csv"
     log.write_text("epoch,accuracy,loss,val_accuracy,val_loss,epoch_seconds\n0,0.1,2,0.1,2,1\n1,0.2,1.5,0.2,1.5,1\n1,0.3,1.4,0.3,1.4,2\n")

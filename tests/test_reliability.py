@@ -1,0 +1,169 @@
+"""What a long sweep must survive: bad parameters from any source, truncated results, crashes while
+writing, unwritable folders, and credentials that must never leak into outputs.
+
+(Bad data files are tried in test_data.py; interruption mid-training and determinism in
+test_run_all.py and test_training.py; bad parameters through papermill in test_notebook.py.)
+"""
+import errno
+import json
+import os
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from covid_mobilenet import files, summary, sweep
+from covid_mobilenet.files import StorageError, ensure_writable, write_atomic
+from covid_mobilenet.params import RULES
+from tests.conftest import NAMES, folders, run_all
+
+
+# ------------------------------------------------------------- bad parameters in experiments.json
+
+
+@pytest.mark.parametrize(
+    "settings, fragment",
+    [({"lerning_rate": 1e-4}, "Unknown parameter 'lerning_rate' (did you mean 'learning_rate'?)"),
+     ({"dense_units": "8"}, "Parameter dense_units must be an integer >= 1, got '8' (str)")],
+)
+def test_a_bad_configuration_file_stops_the_sweep_before_it_starts(tmp_path, tiny_root, settings, fragment):
+    config = summary.load_config()
+    config["experiments"]["mn_resultset3"].update(settings)
+    config_file = tmp_path / "experiments.json"
+    config_file.write_text(json.dumps(config))
+    result = run_all("--demo", "--config", str(config_file), *folders(tmp_path, tiny_root))
+    assert result.returncode == 2
+    assert "Experiment mn_resultset3" in result.stderr and fragment in result.stderr
+    assert not (tmp_path / "results" / "mn_resultset1").exists(), "nothing ran"
+
+
+def test_an_unreadable_configuration_file_is_named(tmp_path):
+    broken = tmp_path / "experiments.json"
+    broken.write_text('{"experiments": {')
+    result = run_all("--config", str(broken))
+    assert result.returncode == 2 and str(broken) in result.stderr and "not valid JSON" in result.stderr
+
+
+# ------------------------------------------------------------- truncated metrics.json
+
+
+def test_a_truncated_metrics_file_is_reported_and_its_experiment_reruns(demo_sweep, tiny_root):
+    tmp = demo_sweep[0]
+    metrics_file = tmp / "results" / "mn_resultset4" / "metrics.json"
+    before = json.loads(metrics_file.read_text())
+    metrics_file.write_text(metrics_file.read_text()[:200])  # as if the machine died mid-write without atomic writes
+    others = {n: (tmp / "results" / n / "metrics.json").stat().st_mtime_ns for n in NAMES if n != "mn_resultset4"}
+
+    result = run_all("--demo", *folders(tmp, tiny_root), "--image-size", "32", "--epochs", "2", "--set", "batch_size=32")
+    assert result.returncode == 0, result.stderr
+    assert "mn_resultset4:" in result.stdout and "is unreadable" in result.stdout and "running it again" in result.stdout
+    after = json.loads(metrics_file.read_text())
+    assert after["test"] == before["test"], "rerun with the same seed gives the same numbers"
+    assert others == {n: (tmp / "results" / n / "metrics.json").stat().st_mtime_ns for n in others}
+
+
+# ------------------------------------------------------------- crashes while writing
+
+
+def test_a_crash_mid_write_leaves_the_previous_file_whole(tmp_path, monkeypatch):
+    target = tmp_path / "metrics.json"
+    target.write_text('{"finished": true}\n')
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # stands for the process dying between writing and renaming
+
+    monkeypatch.setattr(os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        write_atomic(target, '{"finished": false, "half": ')
+    assert target.read_text() == '{"finished": true}\n'
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"], "no temporary file left behind"
+
+
+def test_a_full_disk_gives_an_error_and_destroys_nothing(tmp_path, monkeypatch):
+    target = tmp_path / "summary.csv"
+    target.write_text("old,complete\n")
+
+    def no_space(descriptor):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", no_space)
+    with pytest.raises(OSError, match="No space left"):
+        write_atomic(target, "new,half")
+    assert target.read_text() == "old,complete\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["summary.csv"]
+
+
+def test_a_crash_during_the_summary_is_repaired_by_running_it_again(demo_sweep, tmp_path, monkeypatch):
+    results = demo_sweep[0] / "results"
+    config = summary.load_config()
+    reference = summary.write_summary(results, tmp_path / "clean", config=config, demo=True, update_readme=False)
+    expected_csv = reference["csv"].read_text()
+
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- results:start -->\nprevious section\n<!-- results:end -->\n")
+    original = readme.read_text()
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt  # killed while drawing the graph
+
+    monkeypatch.setattr(summary, "save_figure", crash)
+    with pytest.raises(KeyboardInterrupt):
+        summary.write_summary(results, tmp_path / "Graph", config=config, demo=False, update_readme=True, readme=readme)
+    assert readme.read_text() == original, "the README is untouched until its new section is complete"
+    monkeypatch.undo()
+
+    summary.write_summary(results, tmp_path / "Graph", config=config, demo=True, update_readme=False)
+    assert (results / "summary.csv").read_text() == expected_csv
+    assert (tmp_path / "Graph" / summary.COMPARISON_GRAPH).is_file()
+
+
+# ------------------------------------------------------------- unwritable results folder
+
+
+def test_an_unwritable_results_folder_stops_the_sweep_before_it_starts(tmp_path, tiny_root, monkeypatch):
+    results = tmp_path / "results"
+    (results / "mn_resultset1").mkdir(parents=True)
+    (results / "mn_resultset1" / "metrics.json").write_text('{"kept": true}')
+    real_mkstemp = files.tempfile.mkstemp
+
+    def read_only(*args, dir=None, **kwargs):
+        if Path(dir) == results:
+            raise OSError(errno.EROFS, "Read-only file system")
+        return real_mkstemp(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(files.tempfile, "mkstemp", read_only)
+    mode = sweep.make_mode(summary.load_config(), demo=True, results_dir=results, graph_dir=tmp_path / "Graph", data_dir=tiny_root)
+    jobs = sweep.plan(summary.load_config(), ["mn_resultset1"], mode, {})
+    with pytest.raises(sweep.SweepError, match=f"Cannot write to {results} \\(Read-only file system\\)"):
+        sweep.preflight(jobs, mode, say=lambda message: None)
+    assert (results / "mn_resultset1" / "metrics.json").read_text() == '{"kept": true}'
+
+
+def test_ensure_writable_names_the_folder_and_the_fix(tmp_path, monkeypatch):
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(files.tempfile, "mkstemp", full)
+    with pytest.raises(StorageError, match=f"Cannot write to {tmp_path}.*free some space"):
+        ensure_writable(tmp_path)
+
+
+# ------------------------------------------------------------- secrets
+
+
+def test_kaggle_credentials_never_reach_outputs(tmp_path, tiny_root):
+    assert not [name for name in RULES if "kaggle" in name.lower() or "key" in name.lower() or "token" in name.lower()]
+    secrets = {"KAGGLE_USERNAME": "leaky-user-5f2c9a", "KAGGLE_KEY": "0123456789abcdef-fake-key-7d41"}
+    result = run_all(
+        "--demo", *folders(tmp_path, tiny_root), "--image-size", "32", "--epochs", "1", "--only", "mn_resultset1",
+        env={**os.environ, **secrets},
+    )
+    assert result.returncode == 0, result.stderr
+    written = [path for path in tmp_path.rglob("*") if path.is_file()]
+    assert any(path.suffix == ".ipynb" for path in written) and any(path.name == "metrics.json" for path in written)
+    for path in written:
+        content = path.read_bytes()
+        for value in secrets.values():
+            assert value.encode() not in content, f"{value} leaked into {path}"
+    for value in secrets.values():
+        assert value not in result.stdout and value not in result.stderr
