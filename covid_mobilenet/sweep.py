@@ -23,8 +23,8 @@ from typing import Any, Callable
 
 from . import PROJECT_ROOT
 from .data import DatasetError, locate_dataset, scan_dataset, split_images
-from .files import StorageError, ensure_writable
 from .demo import DEFAULT_DEMO_DIR, demo_dataset_complete, generate_demo_dataset, is_demo_dataset
+from .files import StorageError, ensure_writable
 from .params import EXPERIMENT_NOTEBOOK, ParameterError, check_parameters, notebook_defaults, resolve_path
 from .runs import BACKUP_FOLDER, METRICS_FILE, PREVIOUS_METRICS_FILE, remove_backup
 from .summary import experiment_parameters, format_duration, read_result
@@ -245,11 +245,20 @@ def visible_gpus() -> list[str]:
     return [str(i) for i, line in enumerate(listing.splitlines()) if line.startswith("GPU ")]
 
 
-def _bind_worker_to_device(devices) -> None:
-    """Each worker process takes one GPU for its lifetime; its notebooks' kernels inherit it."""
-    device = devices.get()
+_worker_slot = 0  # in a worker process: which of the parallel slots it is (its progress bar's row)
+
+
+def _bind_worker_to_device(slots) -> None:
+    """Each worker process takes one slot, and one GPU when there are GPUs, for its lifetime."""
+    global _worker_slot
+    _worker_slot, device = slots.get()
     if device is not None:
-        os.environ["CUDA_VISIBLE_DEVICES"] = device
+        os.environ["CUDA_VISIBLE_DEVICES"] = device  # the notebooks' kernels inherit it
+
+
+def _execute_in_worker(job: Job, kernel: str, cell_progress: bool) -> Outcome:
+    bar = {"desc": job.name, "leave": False, "position": _worker_slot + 1} if cell_progress else False
+    return execute(job, kernel, bar)
 
 
 def run_jobs(
@@ -265,12 +274,12 @@ def run_jobs(
         return outcomes
     gpus = visible_gpus()
     context = multiprocessing.get_context("spawn")
-    devices = context.Manager().Queue()
+    slots = context.Manager().Queue()
     for slot in range(parallel):
-        devices.put(gpus[slot % len(gpus)] if gpus else None)
+        slots.put((slot, gpus[slot % len(gpus)] if gpus else None))
     outcomes = []
-    with ProcessPoolExecutor(parallel, mp_context=context, initializer=_bind_worker_to_device, initargs=(devices,)) as pool:
-        futures = {pool.submit(execute, job, kernel, False): job for job in jobs}
+    with ProcessPoolExecutor(parallel, mp_context=context, initializer=_bind_worker_to_device, initargs=(slots,)) as pool:
+        futures = {pool.submit(_execute_in_worker, job, kernel, cell_progress): job for job in jobs}
         for future in as_completed(futures):
             outcomes.append(future.result())
             on_done(outcomes[-1])

@@ -16,6 +16,7 @@ import keras
 import pandas as pd
 import tensorflow as tf
 
+from .files import write_atomic
 from .pipeline import SplitPipelines
 from .runs import backup_dir
 
@@ -56,9 +57,10 @@ class RandomStateBackup(keras.callbacks.Callback):
         return [v for v in self.model.variables if "seed_generator_state" in v.path]
 
     def on_train_begin(self, logs=None):
-        if not self.path.is_file():
+        try:
+            saved = json.loads(self.path.read_text())
+        except (OSError, ValueError):  # none yet, or unreadable: the run still resumes, with fresh masks
             return
-        saved = json.loads(self.path.read_text())
         states = self._states()
         if saved["epoch"] == self.resumed_epoch and len(saved["states"]) == len(states):
             for variable, value in zip(states, saved["states"]):
@@ -66,7 +68,7 @@ class RandomStateBackup(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         states = [v.numpy().tolist() for v in self._states()]
-        self.path.write_text(json.dumps({"epoch": epoch + 1, "states": states}))
+        write_atomic(self.path, json.dumps({"epoch": epoch + 1, "states": states}))
 
 
 def fit(model: keras.Model, pipelines: SplitPipelines, *, epochs: int, run_dir: Path, params: dict) -> pd.DataFrame:

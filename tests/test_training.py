@@ -64,3 +64,14 @@ def test_history_keeps_the_last_row_of_a_rerun_epoch(tmp_path):
     assert history["epoch"].tolist() == [1, 2]
     assert history["accuracy"].tolist() == [0.1, 0.3]
     assert list(history.columns) == training.HISTORY_COLUMNS
+
+
+def test_a_run_that_finished_training_but_not_its_outputs_trains_no_more(tmp_path, capsys):
+    model = fresh_model()
+    first = training.fit(model, tiny_pipelines(), epochs=2, run_dir=tmp_path, params=PARAMS)
+    # killed after the last epoch, before metrics.json: the rerun restores the final weights and trains nothing
+    again_model = fresh_model()
+    again = training.fit(again_model, tiny_pipelines(), epochs=2, run_dir=tmp_path, params=PARAMS)
+    pd.testing.assert_frame_equal(again, first)
+    for expected, actual in zip(model.get_weights(), again_model.get_weights()):
+        np.testing.assert_array_equal(expected, actual)
