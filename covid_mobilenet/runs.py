@@ -13,6 +13,7 @@ METRICS_FILE = "metrics.json"  # written last: its presence means the run finish
 PREVIOUS_METRICS_FILE = "metrics.previous.json"  # an outdated result, kept when its experiment reruns
 HISTORY_FILE = "history.csv"
 CONFUSION_FILE = "confusion_matrix.png"
+KERNEL_LOG = "kernel.log"  # the notebook kernel's own stderr (library start-up messages, crashes)
 BACKUP_FOLDER = "backup"  # Keras' BackupAndRestore checkpoint and the per-epoch log, while training
 
 

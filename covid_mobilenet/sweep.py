@@ -26,7 +26,7 @@ from .data import DatasetError, locate_dataset, scan_dataset, split_images
 from .demo import DEFAULT_DEMO_DIR, demo_dataset_complete, generate_demo_dataset, is_demo_dataset
 from .files import StorageError, ensure_writable
 from .params import EXPERIMENT_NOTEBOOK, ParameterError, check_parameters, notebook_defaults, resolve_path
-from .runs import BACKUP_FOLDER, METRICS_FILE, PREVIOUS_METRICS_FILE, remove_backup
+from .runs import BACKUP_FOLDER, KERNEL_LOG, METRICS_FILE, PREVIOUS_METRICS_FILE, remove_backup
 from .summary import experiment_parameters, format_duration, read_result
 from .weights import ensure_weights_available
 
@@ -207,6 +207,20 @@ def set_aside_previous_results(job: Job, force: bool) -> None:
         remove_backup(job.run_dir)
 
 
+def _kernel_manager_logging_to(log_file: Path):
+    """A Jupyter kernel manager whose kernels write their own stderr (TensorFlow's C++ start-up
+    messages, ipykernel's warnings) to ``log_file`` instead of the sweep's terminal."""
+    from jupyter_client import AsyncKernelManager
+
+    class KernelManagerWithLog(AsyncKernelManager):
+        async def start_kernel(self, **kw):
+            log_file.parent.mkdir(parents=True, exist_ok=True)
+            with open(log_file, "ab") as log:
+                return await super().start_kernel(**{"stderr": log, **kw})
+
+    return KernelManagerWithLog
+
+
 def execute(job: Job, kernel: str, progress_bar: bool | dict = False) -> Outcome:
     """Run one experiment notebook with papermill; a failure becomes an Outcome, not an exception."""
     import papermill
@@ -217,6 +231,7 @@ def execute(job: Job, kernel: str, progress_bar: bool | dict = False) -> Outcome
         papermill.execute_notebook(
             str(EXPERIMENT_NOTEBOOK), str(job.executed_notebook), parameters=job.params,
             kernel_name=kernel, progress_bar=progress_bar, cwd=str(PROJECT_ROOT),
+            kernel_manager_class=_kernel_manager_logging_to(job.run_dir / KERNEL_LOG),
         )
     except papermill.PapermillExecutionError as exc:
         if exc.ename == "KeyboardInterrupt":
@@ -301,6 +316,7 @@ def run_summary(mode: Mode, config_file: Path, kernel: str) -> Outcome:
         papermill.execute_notebook(
             str(SUMMARY_NOTEBOOK), str(executed), parameters=parameters, kernel_name=kernel,
             progress_bar=False, cwd=str(PROJECT_ROOT),
+            kernel_manager_class=_kernel_manager_logging_to(executed.with_suffix(".kernel.log")),
         )
     except papermill.PapermillExecutionError as exc:
         return Outcome("summary", "failed", time.perf_counter() - start, f"{exc.ename}: {_ANSI.sub('', exc.evalue)}", executed)

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from covid_mobilenet import summary
+from covid_mobilenet.params import RULES
 from covid_mobilenet.summary import format_duration
 
 from tests.conftest import NAMES, PROJECT, README, TINY, folders, run_all
@@ -70,7 +71,7 @@ def test_changed_parameters_rerun_and_keep_the_old_result(demo_sweep, tiny_root)
     assert json.loads((folder / "metrics.previous.json").read_text())["epochs_run"] == 2
 
 
-def test_a_failing_configuration_is_reported_and_the_others_complete(tmp_path, tiny_root):
+def test_a_failing_configuration_is_reported_the_others_complete_and_no_credential_leaks(tmp_path, tiny_root):
     # A weights file that exists passes every check before the sweep, and fails when MobileNet loads it.
     wrong = tmp_path / "wrong.weights.h5"
     keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)]).save_weights(wrong)
@@ -83,7 +84,8 @@ def test_a_failing_configuration_is_reported_and_the_others_complete(tmp_path, t
     }
     config_file = tmp_path / "experiments.json"
     config_file.write_text(json.dumps(config))
-    result = run_all("--demo", "--config", str(config_file), *folders(tmp_path, tiny_root), *TINY)
+    secrets = {"KAGGLE_USERNAME": "leaky-user-5f2c9a", "KAGGLE_KEY": "0123456789abcdef-fake-key-7d41"}
+    result = run_all("--demo", "--config", str(config_file), *folders(tmp_path, tiny_root), *TINY, env={**os.environ, **secrets})
     assert result.returncode == 1
     notebook = tmp_path / "results" / "mn_resultset2" / "mn_resultset2.ipynb"
     assert "1 failed" in result.stderr and str(notebook) in result.stderr and "WeightsError" in result.stderr
@@ -91,6 +93,16 @@ def test_a_failing_configuration_is_reported_and_the_others_complete(tmp_path, t
     assert (tmp_path / "results" / "mn_resultset3" / "metrics.json").is_file()
     table = pd.read_csv(tmp_path / "results" / "summary.csv")
     assert table.set_index("Model").loc["mn_resultset2", "Status"] == "failed"
+
+    # Kaggle credentials in the environment reach no output: notebooks (a traceback included), results, logs.
+    assert not [name for name in RULES if any(word in name.lower() for word in ("kaggle", "key", "token"))]
+    written = [path for path in tmp_path.rglob("*") if path.is_file()]
+    assert sum(path.suffix == ".ipynb" for path in written) >= 3
+    for path in written:
+        for value in secrets.values():
+            assert value.encode() not in path.read_bytes(), f"{value} leaked into {path}"
+    for value in secrets.values():
+        assert value not in result.stdout and value not in result.stderr
 
 
 def comparable(metrics: dict) -> dict:
