@@ -7,6 +7,7 @@ parameters starts afresh. The backup is removed once the run's metrics are saved
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import time
@@ -41,34 +42,72 @@ class EpochTimer(keras.callbacks.Callback):
             logs["epoch_seconds"] = time.perf_counter() - self._start
 
 
-class RandomStateBackup(keras.callbacks.Callback):
-    """Backs up the random generators' states (Dropout's), which BackupAndRestore does not restore.
+class BackupSeal(keras.callbacks.Callback):
+    """Seals each epoch's backup: its epoch, the SHA-256 of Keras' weights file, and the random
+    generators' states (Dropout's), which BackupAndRestore does not save.
 
-    Without them a resumed run would draw other dropout masks than an uninterrupted one.
-    Placed after BackupAndRestore: it saves after that callback and restores after it.
+    Placed after BackupAndRestore, so it writes once that callback's files are complete. A backup
+    whose files do not match the seal was cut short by a kill; ``prepare_resume`` repairs it.
     """
 
-    def __init__(self, path: Path, resumed_epoch: int):
+    def __init__(self, keras_backup: Path, seal: Path, restore_states: list | None):
         super().__init__()
-        self.path = Path(path)
-        self.resumed_epoch = resumed_epoch
+        self.keras_backup, self.seal, self.restore_states = Path(keras_backup), Path(seal), restore_states
 
     def _states(self):
         return [v for v in self.model.variables if "seed_generator_state" in v.path]
 
     def on_train_begin(self, logs=None):
-        try:
-            saved = json.loads(self.path.read_text())
-        except (OSError, ValueError):  # none yet, or unreadable: the run still resumes, with fresh masks
-            return
         states = self._states()
-        if saved["epoch"] == self.resumed_epoch and len(saved["states"]) == len(states):
-            for variable, value in zip(states, saved["states"]):
+        if self.restore_states is not None and len(self.restore_states) == len(states):
+            for variable, value in zip(states, self.restore_states):
                 variable.assign(value)
 
     def on_epoch_end(self, epoch, logs=None):
-        states = [v.numpy().tolist() for v in self._states()]
-        write_atomic(self.path, json.dumps({"epoch": epoch + 1, "states": states}))
+        record = {
+            "epoch": epoch + 1,
+            "weights_sha256": _sha256(self.keras_backup / KERAS_WEIGHTS),
+            "random_states": [v.numpy().tolist() for v in self._states()],
+        }
+        write_atomic(self.seal, json.dumps(record))
+
+
+KERAS_WEIGHTS = "latest.weights.h5"  # BackupAndRestore's file names
+KERAS_METADATA = "training_metadata.json"
+
+
+def prepare_resume(keras_backup: Path, seal: Path) -> tuple[int, list | None]:
+    """(epoch to resume from, random states) after making Keras' backup consistent with its seal.
+
+    A kill can land while BackupAndRestore writes its weights or metadata. When the latest files
+    do not match the seal, its previous copies (.bkp, made just before) do, and are put back; when
+    neither matches, the backup is dropped and training starts over. Either way the run resumes
+    exactly where an uninterrupted one would be.
+    """
+    try:
+        record = json.loads(Path(seal).read_text())
+    except (OSError, ValueError):
+        record = None
+    for suffix in ("", ".bkp"):
+        weights = keras_backup / f"{KERAS_WEIGHTS}{suffix}"
+        metadata = keras_backup / f"{KERAS_METADATA}{suffix}"
+        if record and weights.is_file() and resumed_epoch(metadata) == record["epoch"] and _sha256(weights) == record["weights_sha256"]:
+            if suffix:
+                shutil.copyfile(weights, keras_backup / KERAS_WEIGHTS)
+                shutil.copyfile(metadata, keras_backup / KERAS_METADATA)
+            return record["epoch"], record["random_states"]
+    if keras_backup.exists():
+        print(f"The backup in {keras_backup} was cut short; training starts over")
+        shutil.rmtree(keras_backup)
+    return 0, None
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def fit(model: keras.Model, pipelines: SplitPipelines, *, epochs: int, run_dir: Path, params: dict) -> pd.DataFrame:
@@ -79,15 +118,16 @@ def fit(model: keras.Model, pipelines: SplitPipelines, *, epochs: int, run_dir: 
     backup.mkdir(parents=True, exist_ok=True)
     (backup / "params.json").write_text(identity)
     log = backup / "history.csv"
-    keras_backup = backup / "keras"
+    keras_backup, seal = backup / "keras", backup / "seal.json"
     # BackupAndRestore restores the weights, the optimizer and the epoch to start from; the data
     # pipeline starts at that epoch too, so the resumed run sees the batches of an uninterrupted one.
-    first_epoch = min(resumed_epoch(keras_backup), epochs)
+    first_epoch, random_states = prepare_resume(keras_backup, seal)
+    first_epoch = min(first_epoch, epochs)
     callbacks = [
         EpochTimer(),  # before the logger, which writes the logs it adds
         keras.callbacks.CSVLogger(str(log), append=True),
         keras.callbacks.BackupAndRestore(str(keras_backup), double_checkpoint=True, delete_checkpoint=False),
-        RandomStateBackup(backup / "random_state.json", first_epoch),
+        BackupSeal(keras_backup, seal, random_states),
     ]
     model.fit(
         pipelines.training_epochs(first_epoch, epochs),
@@ -101,12 +141,11 @@ def fit(model: keras.Model, pipelines: SplitPipelines, *, epochs: int, run_dir: 
     return read_history(log)
 
 
-def resumed_epoch(keras_backup: Path) -> int:
-    """The epoch BackupAndRestore will resume from (0 without a backup)."""
-    metadata = Path(keras_backup) / "training_metadata.json"
+def resumed_epoch(metadata: Path) -> int:
+    """The epoch a BackupAndRestore metadata file says to resume from (0 without one)."""
     try:
-        return int(json.loads(metadata.read_text())["epoch"])
-    except (OSError, ValueError, KeyError):
+        return int(json.loads(Path(metadata).read_text())["epoch"])
+    except (OSError, ValueError, KeyError, TypeError):
         return 0
 
 

@@ -75,3 +75,36 @@ def test_a_run_that_finished_training_but_not_its_outputs_trains_no_more(tmp_pat
     pd.testing.assert_frame_equal(again, first)
     for expected, actual in zip(model.get_weights(), again_model.get_weights()):
         np.testing.assert_array_equal(expected, actual)
+
+
+def interrupted_while_saving_epoch_2(run_dir, garbage: bytes):
+    """The files a kill leaves when it lands in BackupAndRestore's save after epoch 2."""
+    keras_backup = run_dir / "backup" / "keras"
+    for name in ("latest.weights.h5", "training_metadata.json"):
+        (keras_backup / f"{name}.bkp").write_bytes((keras_backup / name).read_bytes())  # Keras copies these first
+    (keras_backup / "latest.weights.h5").write_bytes(garbage)  # then is killed while writing the new weights
+
+
+def test_a_kill_while_the_backup_is_written_still_resumes_exactly(tmp_path, capsys):
+    uninterrupted_model = fresh_model()
+    uninterrupted = training.fit(uninterrupted_model, tiny_pipelines(), epochs=2, run_dir=tmp_path / "a", params=PARAMS)
+
+    training.fit(fresh_model(), tiny_pipelines(), epochs=1, run_dir=tmp_path / "b", params=PARAMS)
+    weights = (tmp_path / "b" / "backup" / "keras" / "latest.weights.h5").read_bytes()
+    interrupted_while_saving_epoch_2(tmp_path / "b", weights[: len(weights) // 3])
+    resumed_model = fresh_model()
+    resumed = training.fit(resumed_model, tiny_pipelines(), epochs=2, run_dir=tmp_path / "b", params=PARAMS)
+
+    columns = ["loss", "accuracy", "val_loss", "val_accuracy"]
+    pd.testing.assert_frame_equal(resumed[columns], uninterrupted[columns])
+    for expected, actual in zip(uninterrupted_model.get_weights(), resumed_model.get_weights()):
+        np.testing.assert_array_equal(expected, actual)
+
+
+def test_a_backup_cut_short_in_its_first_epoch_starts_over(tmp_path, capsys):
+    training.fit(fresh_model(), tiny_pipelines(), epochs=1, run_dir=tmp_path, params=PARAMS)
+    (tmp_path / "backup" / "seal.json").unlink()  # killed before the first epoch was sealed
+    (tmp_path / "backup" / "keras" / "latest.weights.h5").write_bytes(b"\x89HDF\r\n half")
+    history = training.fit(fresh_model(), tiny_pipelines(), epochs=1, run_dir=tmp_path, params=PARAMS)
+    assert "cut short; training starts over" in capsys.readouterr().out
+    assert history["epoch"].tolist() == [1]
