@@ -241,10 +241,10 @@ def execute(job: Job, kernel: str, progress_bar: bool | dict = False) -> Outcome
     except Exception as exc:  # the kernel died, could not start, ...
         detail = f"{type(exc).__name__}: {exc}"
         return Outcome(job.name, "failed", time.perf_counter() - start, detail, job.executed_notebook)
-    result = read_result(job.run_dir.parent, job.name)
-    accuracy = result.metrics["test"]["accuracy"] if result.status == "done" else None
-    status = "ran" if result.status == "done" else "failed"
-    return Outcome(job.name, status, time.perf_counter() - start, result.problem or "", job.executed_notebook, accuracy)
+    accuracy = metrics_accuracy(job)
+    detail = "" if accuracy is not None else read_result(job.run_dir.parent, job.name).problem
+    status = "ran" if accuracy is not None else "failed"
+    return Outcome(job.name, status, time.perf_counter() - start, detail, job.executed_notebook, accuracy)
 
 
 def visible_gpus() -> list[str]:
@@ -298,8 +298,7 @@ def run_jobs(
         for future in as_completed(futures):
             outcomes.append(future.result())
             on_done(outcomes[-1])
-    order = {job.name: i for i, job in enumerate(jobs)}
-    return sorted(outcomes, key=lambda outcome: order[outcome.name])
+    return outcomes  # in completion order; run_all.py sorts the closing table
 
 
 def run_summary(mode: Mode, config_file: Path, kernel: str) -> Outcome:

@@ -10,7 +10,6 @@ import json
 import os
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
 from covid_mobilenet import files, summary, sweep
