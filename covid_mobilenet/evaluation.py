@@ -8,13 +8,12 @@ from sklearn import metrics as skm
 
 def predict(model, dataset: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
     """(true labels, predicted class probabilities) over one pass of ``dataset``, in inference mode."""
-    labels, probabilities = [], []
-    for images, batch_labels in dataset:
-        probabilities.append(np.asarray(model.predict_on_batch(images), dtype=np.float64))
-        labels.append(batch_labels.numpy())
-    probabilities = np.concatenate(probabilities)
+    # Keras' predict, not predict_on_batch: under MirroredStrategy it splits each batch over the
+    # replicas and puts the rows back in order (predict_on_batch returned every row once per replica).
+    probabilities = np.asarray(model.predict(dataset.map(lambda inputs, labels: inputs), verbose=0), dtype=np.float64)
+    labels = np.concatenate([batch_labels.numpy() for _, batch_labels in dataset])
     # float32 softmax rows sum to 1 only within rounding; scikit-learn's AUC wants exact probabilities
-    return np.concatenate(labels), probabilities / probabilities.sum(axis=1, keepdims=True)
+    return labels, probabilities / probabilities.sum(axis=1, keepdims=True)
 
 
 def loss_and_accuracy(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:

@@ -18,9 +18,11 @@ import pandas as pd
 from . import evaluation, files, report, training
 from .data import ImageIndex, Split, locate_dataset, scan_dataset, split_images
 from .demo import is_demo_dataset
-from .model import build_model, compile_model
+from .features import FeatureCache, cached_features
+from .model import build_head, build_model, compile_model
 from .params import check_parameters, resolve_path
 from .pipeline import SplitPipelines, split_pipelines
+from .runtime import Runtime, configure
 from .runs import CONFUSION_FILE, HISTORY_FILE, METRICS_FILE, remove_backup, run_dir
 from .weights import ensure_weights_available
 
@@ -32,6 +34,7 @@ class PreparedData:
     split: Split
     split_file: Path
     pipelines: SplitPipelines
+    features: FeatureCache | None = None  # fast mode: the backbone's cached features the pipelines serve
 
     @property
     def class_names(self) -> list[str]:
@@ -47,12 +50,18 @@ def check(namespace: Mapping[str, Any]) -> dict[str, Any]:
     return params
 
 
-def set_seeds(params: dict) -> None:
+def setup(params: dict) -> Runtime:
+    """Seeds, the precision policy and the device(s) to train on."""
     training.set_seeds(params["seed"], params["deterministic"])
+    return configure(params["precision"])
 
 
-def prepare_data(params: dict) -> PreparedData:
-    """Find, validate and split the data set; write the split table; build the tf.data pipelines."""
+def prepare_data(params: dict, runtime: Runtime) -> PreparedData:
+    """Find, validate and split the data set; write the split table; build the tf.data pipelines.
+
+    In fast mode the pipelines serve the frozen backbone's features, computed here when no
+    earlier run of the same data, split, image size and weights has cached them.
+    """
     root = locate_dataset(None if params["data_dir"] is None else resolve_path(params["data_dir"]))
     index = scan_dataset(root, strict=params["strict_data"])
     split = split_images(
@@ -61,33 +70,42 @@ def prepare_data(params: dict) -> PreparedData:
     split_file = resolve_path(params["results_dir"]) / f"split-{split.sha256[:12]}.csv"
     if not split_file.exists():
         split.save(split_file)
+    batch_size = runtime.global_batch(params["batch_size"])
+    if params["fast"]:
+        features = cached_features(
+            index, split, feature_dir=resolve_path(params["feature_dir"]), image_size=params["image_size"],
+            weights=params["weights"], seed=params["seed"], batch_size=batch_size,
+        )
+        pipelines = features.pipelines(split, index.class_names, batch_size=batch_size, seed=params["seed"])
+        return PreparedData(index.root, index, split, split_file, pipelines, features)
     cache_dir = None if params["cache_dir"] is None else resolve_path(params["cache_dir"])
     pipelines = split_pipelines(
         split, index.root, index.class_names, image_size=params["image_size"],
-        batch_size=params["batch_size"], seed=params["seed"], cache_dir=cache_dir,
+        batch_size=batch_size, seed=params["seed"], cache_dir=cache_dir,
     )
     return PreparedData(index.root, index, split, split_file, pipelines)
 
 
-def build(params: dict, data: PreparedData) -> keras.Model:
-    model = build_model(
-        len(data.class_names),
-        image_size=params["image_size"],
-        hidden_layers=params["hidden_layers"],
-        dense_units=params["dense_units"],
-        dropout=params["dropout"],
-        weights=params["weights"],
-        train_base=params["train_base"],
-        batchnorm_momentum=params["batchnorm_momentum"],
-    )
-    return compile_model(model, params["learning_rate"])
+def build(params: dict, data: PreparedData, runtime: Runtime) -> keras.Model:
+    """The study's model, or in fast mode its head alone, built and compiled on the run's device(s)."""
+    head = dict(hidden_layers=params["hidden_layers"], dense_units=params["dense_units"],
+                dropout=params["dropout"], seed=params["seed"])
+    with runtime.strategy.scope():
+        if data.features is not None:
+            model = build_head(data.features.feature_shape, len(data.class_names), **head)
+        else:
+            model = build_model(
+                len(data.class_names), image_size=params["image_size"], weights=params["weights"],
+                train_base=params["train_base"], batchnorm_momentum=params["batchnorm_momentum"], **head,
+            )
+        return compile_model(model, params["learning_rate"], jit_compile=params["jit_compile"])
 
 
 def train(model: keras.Model, data: PreparedData, params: dict) -> pd.DataFrame:
     return training.fit(model, data.pipelines, epochs=params["epochs"], run_dir=run_dir(params), params=params)
 
 
-def evaluate(model: keras.Model, data: PreparedData, params: dict, history: pd.DataFrame) -> dict:
+def evaluate(model: keras.Model, data: PreparedData, params: dict, history: pd.DataFrame, runtime: Runtime) -> dict:
     """The full metrics record of a finished run (see the module docstring for where it goes)."""
     results = {}
     for subset in ("train", "val", "test"):
@@ -127,6 +145,15 @@ def evaluate(model: keras.Model, data: PreparedData, params: dict, history: pd.D
         "seconds_per_epoch": train_seconds / epochs_run,
         "images_per_second": train_images * epochs_run / train_seconds,
         "epochs_run": epochs_run,
+        "features": None if data.features is None else {
+            "cache": data.features.folder.name,
+            "computed_here": data.features.computed_here,
+            "seconds": data.features.manifest["seconds"],  # of the one backbone pass, whichever run made it
+            "shape": list(data.features.feature_shape),
+            "dtype": data.features.manifest["dtype"],
+        },
+        "runtime": runtime.describe(),
+        "peak_rss_gib": report.peak_rss_gib(),
         "environment": report.environment(),
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }

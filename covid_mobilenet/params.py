@@ -18,6 +18,7 @@ from typing import Any, Callable, Mapping
 from . import PROJECT_ROOT
 
 
+PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 EXPERIMENT_NOTEBOOK = PROJECT_ROOT / "notebooks" / "mobilenet_finetune.ipynb"
 
 
@@ -54,6 +55,10 @@ RULES: dict[str, Rule] = {
     "cache_dir": Rule("path", "None (cache decoded images in memory) or a folder for a disk cache", optional=True),
     "batchnorm_momentum": Rule("float", "None (Keras' 0.99) or a number in (0, 1)", lambda v: 0 < v < 1, optional=True),
     "deterministic": Rule("bool", "True (reproducible TensorFlow ops) or False"),
+    "fast": Rule("bool", "False, or True to train the head on cached backbone features (needs train_base=False)"),
+    "feature_dir": Rule("path", "a folder for the cached backbone features of fast mode"),
+    "precision": Rule("str", f"one of {', '.join(repr(p) for p in PRECISIONS)}", lambda v: v in PRECISIONS),
+    "jit_compile": Rule("bool", "False, or True to compile training with XLA"),
 }
 
 # Names every IPython kernel defines; they are not parameters.
@@ -92,6 +97,11 @@ def check_parameters(namespace: Mapping[str, Any]) -> dict[str, Any]:
     if params["val_fraction"] + params["test_fraction"] >= 1:
         raise ParameterError(
             f"val_fraction + test_fraction must be below 1, got {params['val_fraction']} + {params['test_fraction']}."
+        )
+    if params["fast"] and params["train_base"]:
+        raise ParameterError(
+            "fast=True trains only the head on cached backbone features, which needs a frozen backbone: "
+            "set train_base=False, or fast=False to fine-tune all of MobileNet."
         )
     return params
 

@@ -6,10 +6,12 @@ so a saved model takes raw pixels.
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import tensorflow as tf
 
@@ -44,42 +46,61 @@ def shuffled_epochs(
 
     Because an epoch's order depends only on its number, a run resumed at epoch
     k sees exactly the batches an uninterrupted run would have seen from k on.
+    The order depends only on (seed, epoch, size), not on what the elements are, so
+    image rows and cached-feature rows of the same split are shuffled alike.
     """
-    def one_epoch(epoch):
-        return dataset.shuffle(size, seed=tf.constant(seed, tf.int64) * 1_000_003 + epoch).batch(batch_size)
-
-    return tf.data.Dataset.range(first_epoch, epochs).flat_map(one_epoch).prefetch(AUTOTUNE)
+    # One dataset per epoch, chained, so that each shuffle gets a Python integer seed (a tensor seed
+    # breaks tf.data when the global seed is 0).
+    epochs_batches = [dataset.shuffle(size, seed=seed * 1_000_003 + epoch).batch(batch_size) for epoch in range(first_epoch, epochs)]
+    if not epochs_batches:
+        return dataset.take(0).batch(batch_size)
+    return functools.reduce(tf.data.Dataset.concatenate, epochs_batches)
 
 
 @dataclass
 class SplitPipelines:
-    """The decoded-once images of each subset, served in split order or shuffled for training."""
+    """The examples of each subset (decoded-once images, or cached features), in split order or shuffled for training.
 
-    decoded: dict[str, tf.data.Dataset]
+    ``examples`` holds one element per example; ``load_batch(subset, *batch)``, when given, turns
+    a batch of those elements into the (inputs, labels) the model takes (the feature cache serves
+    row numbers and reads the rows a whole batch at a time).
+    """
+
+    examples: dict[str, tf.data.Dataset]
     sizes: dict[str, int]
     batch_size: int
     seed: int
+    load_batch: Callable | None = None
 
     def batches(self, subset: str) -> tf.data.Dataset:
         """A subset in the split table's order: for validation and evaluation."""
-        return self.decoded[subset].batch(self.batch_size).prefetch(AUTOTUNE)
+        return self._served(subset, self.examples[subset].batch(self.batch_size))
 
     @property
     def steps_per_epoch(self) -> int:
         return math.ceil(self.sizes["train"] / self.batch_size)
 
     def training_epochs(self, first_epoch: int, epochs: int) -> tf.data.Dataset:
-        return shuffled_epochs(
-            self.decoded["train"], size=self.sizes["train"], batch_size=self.batch_size,
+        return self._served("train", shuffled_epochs(
+            self.examples["train"], size=self.sizes["train"], batch_size=self.batch_size,
             seed=self.seed, first_epoch=first_epoch, epochs=epochs,
-        )
+        ))
+
+    def _served(self, subset: str, batches: tf.data.Dataset) -> tf.data.Dataset:
+        if self.load_batch is not None:
+            batches = batches.map(functools.partial(self.load_batch, subset), num_parallel_calls=AUTOTUNE)
+        return batches.prefetch(AUTOTUNE)
 
 
 def split_arrays(split: Split, root: Path, class_names: list[str], subset: str) -> tuple[list[str], list[int]]:
     """Absolute paths and class indices of one subset, in the split table's order."""
-    rows = split.subset(subset)
+    return [str(Path(root) / p) for p in split.subset(subset)["path"]], split_labels(split, class_names, subset)
+
+
+def split_labels(split: Split, class_names: list[str], subset: str) -> list[int]:
+    """Class indices of one subset, in the split table's order."""
     index = {name: i for i, name in enumerate(class_names)}
-    return [str(Path(root) / p) for p in rows["path"]], [index[label] for label in rows["label"]]
+    return [index[label] for label in split.subset(subset)["label"]]
 
 
 def split_pipelines(

@@ -5,6 +5,7 @@ import os
 import platform
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -72,7 +73,7 @@ def environment() -> dict:
         names = [tf.config.experimental.get_device_details(gpu).get("device_name", gpu.name) for gpu in gpus]
         device = f"GPU: {', '.join(names)}"
     else:
-        device = f"CPU: {_cpu_name()} ({os.cpu_count()} cores)"
+        device = f"CPU: {cpu_name()} ({os.cpu_count()} cores)"
     return {
         "python": platform.python_version(),
         "tensorflow": tf.__version__,
@@ -81,11 +82,12 @@ def environment() -> dict:
         "scikit_learn": sklearn.__version__,
         "platform": platform.platform(),
         "device": device,
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),  # which GPU run_all.py --jobs gave this run
         "git_commit": _git_commit(),
     }
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -108,3 +110,13 @@ def _git_commit() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return commit + ("-dirty" if changed else "")
+
+
+def peak_rss_gib() -> float | None:
+    """The largest resident memory this process has had, in GiB (None where the OS does not say)."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1 << 20) if sys.platform != "darwin" else peak / (1 << 30)  # KiB on Linux, bytes on macOS

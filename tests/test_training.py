@@ -19,7 +19,7 @@ def tiny_pipelines(seed=0) -> SplitPipelines:
 
 
 def tiny_model(train_base=False):
-    model = build_model(4, image_size=32, hidden_layers=1, dense_units=4, dropout=0.5, weights=None, train_base=train_base)
+    model = build_model(4, image_size=32, hidden_layers=1, dense_units=4, dropout=0.5, weights=None, train_base=train_base, seed=0)
     return compile_model(model, 1e-3)
 
 

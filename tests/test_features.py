@@ -1,0 +1,115 @@
+"""Fast frozen-backbone mode: cached features train the head exactly as end-to-end frozen training does."""
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from covid_mobilenet import evaluation, experiment, features
+from covid_mobilenet.model import build_backbone
+from covid_mobilenet.pipeline import decoded
+from covid_mobilenet.params import ParameterError, check_parameters, notebook_defaults
+from tests.conftest import tiny_params
+
+
+@pytest.fixture(scope="module")
+def backbone_file(tiny_root, tmp_path_factory):
+    """A MobileNet whose BatchNorm statistics were measured on the tiny set: its features carry signal.
+
+    A backbone straight from random initialisation (weights=None) has placeholder BatchNorm
+    statistics, and its features at 32 px are ~1e-21: they would compare nothing.
+    """
+    backbone = build_backbone(32, None, seed=3)
+    for layer in backbone.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = 0.0  # the moving statistics become those of the batch below
+    paths = [str(p) for p in sorted(tiny_root.glob("*/images/*.png"))]
+    images = next(iter(decoded(paths, [0] * len(paths), image_size=32).batch(len(paths))))[0]
+    backbone(keras.layers.Rescaling(1 / 127.5, offset=-1)(images), training=True)
+    path = tmp_path_factory.mktemp("backbone") / "calibrated.weights.h5"
+    backbone.save_weights(path)
+    return path
+
+
+def frozen_params(tmp_path, root, **overrides) -> dict:
+    params = {
+        **notebook_defaults(),
+        **tiny_params(tmp_path, root),
+        "experiment": "frozen",
+        "train_base": False,
+        "dropout": 0.5,  # Dropout masks must match too
+        "epochs": 3,
+        "precision": "float32",
+        "feature_dir": str(tmp_path / "features"),
+        **overrides,
+    }
+    return check_parameters(params)
+
+
+def train_as_the_notebook_does(params):
+    runtime = experiment.setup(params)
+    data = experiment.prepare_data(params, runtime)
+    model = experiment.build(params, data, runtime)
+    history = experiment.train(model, data, params)
+    labels, probabilities = evaluation.predict(model, data.pipelines.batches("test"))
+    return data, model, history, labels, probabilities
+
+
+def test_the_head_trained_on_cached_features_equals_end_to_end_frozen_training(tmp_path, tiny_root, backbone_file):
+    _, full, full_history, full_labels, full_probabilities = train_as_the_notebook_does(
+        frozen_params(tmp_path, tiny_root, experiment="end_to_end", fast=False, weights=str(backbone_file)))
+    data, head, fast_history, fast_labels, fast_probabilities = train_as_the_notebook_does(
+        frozen_params(tmp_path, tiny_root, experiment="cached", fast=True, weights=str(backbone_file)))
+
+    assert data.features.computed_here and head.name.endswith("_head")
+    assert fast_history["epoch"].tolist() == full_history["epoch"].tolist() == [1, 2, 3]
+    np.testing.assert_array_equal(fast_labels, full_labels)
+    # float16 features: agreement to float16 rounding, through 3 epochs of Adam and Dropout
+    for column in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        np.testing.assert_allclose(fast_history[column], full_history[column], rtol=2e-3, atol=2e-3, err_msg=column)
+    np.testing.assert_allclose(fast_probabilities, full_probabilities, atol=2e-3)
+    for name in ("dense_1", "predictions"):
+        for fast_weight, full_weight in zip(head.get_layer(name).get_weights(), full.get_layer(name).get_weights()):
+            np.testing.assert_allclose(fast_weight, full_weight, atol=2e-3)
+    # and the loss really moved: the comparison is not between two untrained models
+    assert full_history["loss"].iloc[-1] < full_history["loss"].iloc[0]
+
+
+def test_the_backbone_runs_once_per_split_whatever_the_number_of_configurations(tmp_path, tiny_root, monkeypatch):
+    computed = []
+    original = features.compute_features
+
+    def counting(index, split, folder, **kw):
+        computed.append(folder.name)
+        return original(index, split, folder, **kw)
+
+    monkeypatch.setattr(features, "compute_features", counting)
+    settings = [dict(hidden_layers=1, dense_units=8), dict(hidden_layers=2, dense_units=8), dict(hidden_layers=1, dense_units=32, learning_rate=1e-4)]
+    entries = []
+    for i, setting in enumerate(settings):
+        params = frozen_params(tmp_path, tiny_root, experiment=f"config{i}", fast=True, **setting)
+        data = experiment.prepare_data(params, experiment.setup(params))
+        entries.append((data.features.folder, data.features.computed_here))
+    assert len(computed) == 1
+    assert [here for _, here in entries] == [True, False, False]
+    manifest = json.loads((entries[0][0] / features.MANIFEST).read_text())
+    assert sum(manifest["counts"].values()) == 100  # every image of the tiny set, once
+
+    other_size = frozen_params(tmp_path, tiny_root, experiment="bigger", fast=True, image_size=48)
+    assert experiment.prepare_data(other_size, experiment.setup(other_size)).features.computed_here
+    assert len(computed) == 2, "another image size is another cache entry"
+
+
+def test_an_entry_cut_short_is_recomputed(tmp_path, tiny_root):
+    params = frozen_params(tmp_path, tiny_root, fast=True, epochs=1)
+    folder = experiment.prepare_data(params, experiment.setup(params)).features.folder
+    (folder / features.MANIFEST).unlink()  # as if killed before the manifest was written
+    (folder / "train.f16").write_bytes(b"half")
+    again = experiment.prepare_data(params, experiment.setup(params))
+    assert again.features.computed_here
+    assert again.pipelines.sizes["train"] * again.features.feature_shape[-1] * 2 == (folder / "train.f16").stat().st_size
+
+
+def test_fast_mode_needs_a_frozen_backbone(tmp_path, tiny_root):
+    with pytest.raises(ParameterError, match="train_base=False"):
+        frozen_params(tmp_path, tiny_root, fast=True, train_base=True)
