@@ -19,12 +19,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 EXAMPLES = """examples:
   python run_all.py --demo                      synthetic data, offline, a few minutes on a laptop
   python run_all.py                             the real data set, all seven configurations
+  python run_all.py --fast                      frozen backbone, cached features: the seven in minutes on a CPU
   python run_all.py --only mn_resultset1,mn_resultset4 --epochs 5
   python run_all.py --set batch_size=64 --jobs 2
 
 outputs: results/<experiment>/ (executed notebook, metrics.json, history.csv), Graph/<n>.png,
 results/summary.csv and summary.md, Graph/The_result_of_MobileNet_fine_tuning.png, and the
-README's results section. --demo writes to results/demo/ and Graph/demo/ and never the README."""
+README's results section. --demo writes to results/demo/ and Graph/demo/ and never the README;
+--fast writes to results/fast/ and Graph/fast/ and the README's frozen-backbone section."""
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -33,6 +35,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--demo", action="store_true",
                         help="run on the synthetic demo set (generated when absent) with the demo overrides of experiments.json")
+    parser.add_argument("--fast", action="store_true",
+                        help="the frozen-backbone experiment: MobileNet's features computed once per split and cached, "
+                             "each configuration trains its head on them (minutes on a CPU); results in results/fast/")
     parser.add_argument("--only", action="append", metavar="NAMES",
                         help="comma-separated experiment names to run (default: all); may be repeated")
     parser.add_argument("--epochs", type=int, help="epochs for every experiment (default: the notebook's, or the demo's)")
@@ -44,14 +49,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--force", action="store_true", help="rerun experiments even when finished with the same parameters")
     parser.add_argument("--jobs", type=int, metavar="N",
                         help="experiments run at once; with GPUs, each gets its own through CUDA_VISIBLE_DEVICES "
-                             "(default: 1; with --demo 2, which overlaps one notebook's start-up with another's training)")
+                             "(default: 1; with --demo or --fast 2, which overlaps one notebook's start-up with another's training)")
     parser.add_argument("--config", default="experiments.json", help="the configurations file (default: %(default)s)")
     parser.add_argument("--results-dir", help="where experiment folders go (default: results, or results/demo)")
     parser.add_argument("--graph-dir", help="where graphs go (default: Graph, or Graph/demo)")
     parser.add_argument("--kernel", default="python3", help="Jupyter kernel that runs the notebooks (default: python3)")
     args = parser.parse_args(argv)
     if args.jobs is None:
-        args.jobs = 2 if args.demo else 1
+        args.jobs = 2 if args.demo or args.fast else 1
     if args.jobs < 1:
         parser.error("--jobs must be at least 1")
     return args
@@ -83,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config_file = resolve_path(args.config)
         config = load_config(config_file)
-        mode = sweep.make_mode(config, demo=args.demo, results_dir=args.results_dir, graph_dir=args.graph_dir, data_dir=args.data_dir)
+        mode = sweep.make_mode(config, demo=args.demo, fast=args.fast, results_dir=args.results_dir, graph_dir=args.graph_dir, data_dir=args.data_dir)
         jobs = sweep.plan(config, sweep.select(config, args.only), mode, cli_overrides(args))
         if mode.demo:
             sweep.prepare_demo_data(mode, config)
@@ -92,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"run_all.py: {exc}", file=sys.stderr)
         return 2
 
-    print(f"{mode.name} sweep: {len(jobs)} experiments, results in {resolve_path(mode.results_dir)}")
+    print(f"{mode.label} sweep: {len(jobs)} experiments, results in {resolve_path(mode.results_dir)}")
     outcomes, to_run = [], []
     for job in jobs:
         finished, reason = sweep.previous_run(job)

@@ -24,6 +24,8 @@ CONFIG_FILE = PROJECT_ROOT / "experiments.json"
 README_FILE = PROJECT_ROOT / "README.md"
 RESULTS_START = "<!-- results:start -->"
 RESULTS_END = "<!-- results:end -->"
+FAST_RESULTS_START = "<!-- results-fast:start -->"  # the frozen-backbone experiment's own section
+FAST_RESULTS_END = "<!-- results-fast:end -->"
 COMPARISON_GRAPH = "The_result_of_MobileNet_fine_tuning.png"
 SUMMARY_CSV = "summary.csv"
 SUMMARY_MD = "summary.md"
@@ -127,11 +129,17 @@ def summary_table(results: list[ExperimentResult], config: dict) -> pd.DataFrame
     return pd.DataFrame(rows)
 
 
-def markdown_table(table: pd.DataFrame) -> str:
-    """The table for people: percentages, durations, and the status of any row without results."""
+STUDY_COLUMNS = ["Study test accuracy", "Study table accuracy", "Study training time"]
+
+
+def markdown_table(table: pd.DataFrame, *, with_study: bool = True) -> str:
+    """The table for people: percentages, durations, and the status of any row without results.
+
+    ``with_study=False`` leaves out the study's columns: for the frozen-backbone experiment, which
+    the study never ran.
+    """
     columns = ["Model", "Hidden Layer", "Dense Count", "Learning Rate", "Test accuracy", "Macro F1",
-               "COVID sensitivity", "Training time", "Epochs", "Study test accuracy", "Study table accuracy",
-               "Study training time"]
+               "COVID sensitivity", "Training time", "Epochs"] + (STUDY_COLUMNS if with_study else [])
     lines = ["| " + " | ".join(columns) + " |", "| :-- | " + " | ".join([":-:"] * (len(columns) - 1)) + " |"]
     for row in table.to_dict("records"):
         cells = []
@@ -160,16 +168,17 @@ def _percent(value) -> str:
     return "–" if _missing(value) else f"{100 * value:.2f}%"
 
 
-def comparison_figure(table: pd.DataFrame, title: str) -> Figure:
-    """Test accuracy per configuration with the study's beside it, and training time."""
+def comparison_figure(table: pd.DataFrame, title: str, *, with_study: bool = True) -> Figure:
+    """Test accuracy per configuration (with the study's beside it), and training time."""
     figure = Figure(figsize=(12, 4.5))
     accuracy_axes, time_axes = figure.subplots(1, 2)
     positions = np.arange(len(table))
     width = 0.38
     ours = table["Test accuracy"].astype(float) * 100
-    study = table["Study test accuracy"].astype(float) * 100
+    study = table["Study test accuracy"].astype(float) * 100 if with_study else None
     accuracy_axes.bar(positions - width / 2, ours.fillna(0), width, label="this run (test)")
-    accuracy_axes.bar(positions + width / 2, study.fillna(0), width, label="study (reported test)", alpha=0.6)
+    if with_study:
+        accuracy_axes.bar(positions + width / 2, study.fillna(0), width, label="study (reported test)", alpha=0.6)
     for x, value in zip(positions, ours):
         accuracy_axes.text(x - width / 2, (0 if np.isnan(value) else value) + 1, "n/a" if np.isnan(value) else f"{value:.1f}",
                            ha="center", fontsize=8)
@@ -177,7 +186,8 @@ def comparison_figure(table: pd.DataFrame, title: str) -> Figure:
     minutes_ours = table["Training seconds"].astype(float) / 60
     minutes_study = table["Study training seconds"].astype(float) / 60
     time_axes.bar(positions - width / 2, minutes_ours.fillna(0), width, label="this run")
-    time_axes.bar(positions + width / 2, minutes_study.fillna(0), width, label="study (reported)", alpha=0.6)
+    if with_study:
+        time_axes.bar(positions + width / 2, minutes_study.fillna(0), width, label="study (reported)", alpha=0.6)
     time_axes.set(ylabel="training time (minutes)", title=f"{title}: training time")
     for axes in (accuracy_axes, time_axes):
         axes.set_xticks(positions, table["Model"], rotation=30, ha="right")
@@ -186,9 +196,15 @@ def comparison_figure(table: pd.DataFrame, title: str) -> Figure:
     return figure
 
 
-def readme_section(table: pd.DataFrame, results: list[ExperimentResult], graph_path: str) -> str:
-    """The README's results section: measured rows when real runs exist, else the study's reference table."""
+def readme_section(table: pd.DataFrame, results: list[ExperimentResult], graph_path: str, *, fast: bool = False) -> str:
+    """The README's results section: measured rows when real runs exist, else the study's reference table
+    (for the frozen-backbone experiment, which the study never ran: how to fill it)."""
     done = [result for result in results if result.status == "done"]
+    if not done and fast:
+        return "\n".join([
+            "No frozen-backbone run on the real data has been recorded in this repository yet.",
+            "`python run_all.py --fast` on the real data fills this section from `results/fast/<experiment>/metrics.json`.",
+        ])
     if not done:
         return "\n".join([
             "No run on the real data has been recorded in this repository yet: the table below is what the",
@@ -199,12 +215,25 @@ def readme_section(table: pd.DataFrame, results: list[ExperimentResult], graph_p
         ])
     environments = {r.metrics.get("environment", {}).get("device") for r in done}
     commits = {r.metrics.get("environment", {}).get("git_commit") for r in done}
+    if fast:
+        cached = next((r.metrics.get("features") for r in done if r.metrics.get("features")), None) or {}
+        intro = [
+            f"{len(done)} of {len(results)} configurations run on the real data set with the backbone frozen",
+            "(`run_all.py --fast`): the backbone's features were computed once"
+            + (f" ({format_duration(cached.get('seconds'))})" if cached.get("seconds") else "")
+            + " and each configuration trained only its head. This is not the study's fine-tuning, so its numbers",
+            "are not compared with the study's. Every number comes from `results/fast/<experiment>/metrics.json`.",
+        ]
+    else:
+        intro = [
+            f"{len(done)} of {len(results)} configurations run on the real data set; every number below comes from",
+            "`results/<experiment>/metrics.json` (test split, final model). The study's columns are what it reported.",
+        ]
     return "\n".join([
-        f"{len(done)} of {len(results)} configurations run on the real data set; every number below comes from",
-        "`results/<experiment>/metrics.json` (test split, final model). The study's columns are what it reported.",
+        *intro,
         f"Device: {', '.join(sorted(str(e) for e in environments))}. Code: {', '.join(sorted(str(c) for c in commits))}.",
         "",
-        markdown_table(table),
+        markdown_table(table, with_study=not fast),
         "",
         f"![Test accuracy and training time per configuration]({graph_path})",
     ])
@@ -225,14 +254,17 @@ def reference_table(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def replace_readme_section(readme: str | os.PathLike, section: str) -> bool:
+def replace_readme_section(
+    readme: str | os.PathLike, section: str, markers: tuple[str, str] = (RESULTS_START, RESULTS_END)
+) -> bool:
     """Put ``section`` between the README's results markers; True when the file changed."""
     path = Path(readme)
     text = path.read_text()
-    start, end = text.find(RESULTS_START), text.find(RESULTS_END)
+    start_marker, end_marker = markers
+    start, end = text.find(start_marker), text.find(end_marker)
     if start < 0 or end < start:
-        raise ConfigError(f"{path} lacks the markers {RESULTS_START} and {RESULTS_END} around its results section.")
-    updated = text[: start + len(RESULTS_START)] + "\n" + section.strip() + "\n" + text[end:]
+        raise ConfigError(f"{path} lacks the markers {start_marker} and {end_marker} around its results section.")
+    updated = text[: start + len(start_marker)] + "\n" + section.strip() + "\n" + text[end:]
     if updated == text:
         return False
     write_atomic(path, updated)
@@ -246,20 +278,32 @@ def write_summary(
     config: dict,
     demo: bool,
     update_readme: bool,
+    fast: bool = False,
     readme: str | os.PathLike = README_FILE,
 ) -> dict[str, Path]:
-    """Write summary.csv, summary.md and the comparison graph; in real mode, optionally the README."""
+    """Write summary.csv, summary.md and the comparison graph; in real mode, optionally the README.
+
+    ``fast``: the frozen-backbone experiment (run_all.py --fast), summarised without the study's
+    numbers and into the README's own section for it.
+    """
     if demo and update_readme:
         raise ValueError("Demo results never go into the README: run the summary with update_readme=False.")
     results_dir, graph_dir = Path(results_dir), Path(graph_dir)
     results = collect_results(results_dir, config, allow_demo=demo)
     table = summary_table(results, config)
-    title = "Demo (synthetic data)" if demo else "MobileNet fine-tuning"
+    title = ("Demo (synthetic data)" if demo else "MobileNet fine-tuning") if not fast else (
+        "Demo (synthetic data), frozen backbone" if demo else "MobileNet with a frozen backbone")
     paths = {
         "csv": write_csv(results_dir / SUMMARY_CSV, table),
-        "graph": save_figure(comparison_figure(table, title), graph_dir / COMPARISON_GRAPH),
+        "graph": save_figure(comparison_figure(table, title, with_study=not fast), graph_dir / COMPARISON_GRAPH),
     }
     header = [f"# {title}", ""]
+    if fast:
+        header += [
+            "The backbone is frozen and its features cached (`run_all.py --fast`); each configuration trains only "
+            "its head. This is another experiment than the study's fine-tuning, so the study's numbers are not shown.",
+            "",
+        ]
     if demo:
         demo_config = config.get("demo", {})
         header += [
@@ -271,11 +315,14 @@ def write_summary(
             + ", ".join(f"`{k}={v}`" for k, v in demo_config.get("overrides", {}).items()),
             "",
         ]
+        if fast and demo_config.get("fast_description"):
+            header += [demo_config["fast_description"], ""]
     problems = [f"- {r.name}: {r.status}: {r.problem}" for r in results if r.status != "done"]
-    body = markdown_table(table) + ("\n\nWithout results:\n" + "\n".join(problems) if problems else "")
+    body = markdown_table(table, with_study=not fast) + ("\n\nWithout results:\n" + "\n".join(problems) if problems else "")
     paths["markdown"] = write_atomic(results_dir / SUMMARY_MD, "\n".join(header) + "\n" + body + "\n")
     if update_readme:
         graph_link = os.path.relpath(paths["graph"], Path(readme).parent)
-        if replace_readme_section(readme, readme_section(table, results, graph_link)):
+        markers = (FAST_RESULTS_START, FAST_RESULTS_END) if fast else (RESULTS_START, RESULTS_END)
+        if replace_readme_section(readme, readme_section(table, results, graph_link, fast=fast), markers):
             paths["readme"] = Path(readme)
     return paths

@@ -31,7 +31,8 @@ from .summary import experiment_parameters, format_duration, read_result
 from .weights import ensure_weights_available
 
 SUMMARY_NOTEBOOK = PROJECT_ROOT / "notebooks" / "summary.ipynb"
-SET_BY_THE_SWEEP = {"experiment": "--only", "results_dir": "--results-dir", "graph_dir": "--graph-dir"}
+SET_BY_THE_SWEEP = {"experiment": "--only", "results_dir": "--results-dir", "graph_dir": "--graph-dir", "fast": "--fast"}
+FAST_OVERRIDES = {"train_base": False, "fast": True}  # --fast: frozen backbone, head trained on cached features
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
@@ -48,26 +49,41 @@ class Mode:
     graph_dir: str
     data_dir: str | None
     overrides: dict = field(default_factory=dict)
+    fast: bool = False  # the frozen-backbone experiment (run_all.py --fast), reported on its own
 
     @property
     def demo(self) -> bool:
         return self.name == "demo"
 
+    @property
+    def label(self) -> str:
+        return self.name + (" frozen-backbone (fast)" if self.fast else "")
 
-def make_mode(config: dict, *, demo: bool, results_dir=None, graph_dir=None, data_dir=None) -> Mode:
-    """The real sweep writes results/ and Graph/; the demo sweep results/demo/ and Graph/demo/."""
+
+def make_mode(config: dict, *, demo: bool, fast: bool = False, results_dir=None, graph_dir=None, data_dir=None) -> Mode:
+    """The real sweep writes results/ and Graph/; the demo sweep results/demo/ and Graph/demo/.
+
+    The fast sweep is another experiment (a frozen backbone, not the study's fine-tuning): its
+    results go to a ``fast/`` folder inside those, so they are never mixed with the study's.
+    """
     def given(path):  # a path typed on the command line is relative to where it was typed
         return None if path is None else str(Path(path).expanduser().resolve())
 
+    fast_folder = "/fast" if fast else ""
+    overrides = dict(FAST_OVERRIDES) if fast else {}
     if demo:
         return Mode(
             "demo",
-            given(results_dir) or "results/demo",
-            given(graph_dir) or "Graph/demo",
+            given(results_dir) or f"results/demo{fast_folder}",
+            given(graph_dir) or f"Graph/demo{fast_folder}",
             given(data_dir) or os.path.relpath(DEFAULT_DEMO_DIR, PROJECT_ROOT),
-            dict(config.get("demo", {}).get("overrides", {})),
+            {**config.get("demo", {}).get("overrides", {}), **overrides},
+            fast,
         )
-    return Mode("real", given(results_dir) or "results", given(graph_dir) or "Graph", given(data_dir))
+    return Mode(
+        "real", given(results_dir) or f"results{fast_folder}", given(graph_dir) or f"Graph{fast_folder}",
+        given(data_dir), overrides, fast,
+    )
 
 
 @dataclass
@@ -309,7 +325,7 @@ def run_summary(mode: Mode, config_file: Path, kernel: str) -> Outcome:
     executed = resolve_path(mode.results_dir) / "summary.ipynb"
     parameters = {
         "results_dir": mode.results_dir, "graph_dir": mode.graph_dir, "config_file": str(config_file),
-        "demo": mode.demo, "update_readme": not mode.demo,
+        "demo": mode.demo, "fast": mode.fast, "update_readme": not mode.demo,
     }
     try:
         papermill.execute_notebook(

@@ -201,3 +201,45 @@ def test_real_results_fill_the_readme(demo_sweep, tmp_path):
     assert "1 of 7 configurations" in text
     assert f"{100 * metrics['test']['accuracy']:.2f}%" in text
     assert "Graph/The_result_of_MobileNet_fine_tuning.png" in text
+
+
+def test_fast_sweep_runs_the_backbone_once_for_all_configurations(tiny_root, tmp_path):
+    readme_before = README.read_bytes()
+    chosen = ["mn_resultset1", "mn_resultset4", "mn_resultset6"]
+    two_gpus = {**os.environ, "CUDA_VISIBLE_DEVICES": "0,1"}  # none here: TensorFlow falls back to the CPU
+    done = run_all("--demo", "--fast", "--jobs", "2", "--only", ",".join(chosen), *folders(tmp_path, tiny_root), *TINY,
+                   "--set", f"feature_dir={tmp_path / 'features'}", env=two_gpus)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "frozen-backbone (fast) sweep" in done.stdout
+    metrics = {name: json.loads((tmp_path / "results" / name / "metrics.json").read_text()) for name in chosen}
+    # two notebooks start at once: one computes the features, the other waits for them and reads
+    assert sorted(m["features"]["computed_here"] for m in metrics.values()) == [False, False, True]
+    assert {m["features"]["cache"] for m in metrics.values()} == {entry.name for entry in (tmp_path / "features").iterdir() if entry.is_dir()}
+    assert all(m["params"]["fast"] and not m["params"]["train_base"] for m in metrics.values())
+    assert all(m["model"]["name"].endswith("_head") for m in metrics.values())
+    # --jobs 2 with two GPUs: each of the two parallel workers hands its own GPU to its notebooks
+    assert {m["environment"]["cuda_visible_devices"] for m in metrics.values()} == {"0", "1"}
+    text = (tmp_path / "results" / "summary.md").read_text()
+    assert text.startswith("# Demo (synthetic data), frozen backbone") and "Study test accuracy" not in text
+    assert README.read_bytes() == readme_before
+
+
+def test_fast_results_have_their_own_folders_and_cannot_be_set_by_hand():
+    from covid_mobilenet import sweep
+
+    config = summary.load_config()
+    assert (sweep.make_mode(config, demo=False, fast=True).results_dir, sweep.make_mode(config, demo=False, fast=True).graph_dir) == ("results/fast", "Graph/fast")
+    assert sweep.make_mode(config, demo=True, fast=True).results_dir == "results/demo/fast"
+    assert sweep.make_mode(config, demo=False).results_dir == "results"
+    refused = run_all("--set", "fast=True")
+    assert refused.returncode == 2 and "--fast" in refused.stderr
+
+
+def test_fast_readme_section_has_its_own_markers(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(README.read_text())
+    section = summary.readme_section(summary.summary_table([], summary.load_config()), [], "g.png", fast=True)
+    assert summary.replace_readme_section(readme, section + "\nchanged", (summary.FAST_RESULTS_START, summary.FAST_RESULTS_END))
+    text = readme.read_text()
+    assert "changed" in text.split(summary.FAST_RESULTS_START)[1].split(summary.FAST_RESULTS_END)[0]
+    assert text.split(summary.RESULTS_START)[1].split(summary.RESULTS_END)[0] == README.read_text().split(summary.RESULTS_START)[1].split(summary.RESULTS_END)[0]
