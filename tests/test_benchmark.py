@@ -1,0 +1,30 @@
+"""The benchmark's command on a tiny set: every figure it promises is measured and written."""
+import json
+import math
+
+from covid_mobilenet import benchmark, summary
+
+
+def test_the_benchmark_measures_and_writes_every_figure(tmp_path, monkeypatch, capsys):
+    config = summary.load_config()
+    one = {"mn_resultset4": config["experiments"]["mn_resultset4"]}
+    monkeypatch.setattr(benchmark, "load_config", lambda: {**config, "experiments": one})  # one configuration, not seven
+    runs = []
+    monkeypatch.setattr(benchmark, "_run_steps", lambda params: runs.append((params["fast"], params["epochs"], params["train_base"])))
+    output = tmp_path / "bench.json"
+    assert benchmark.main(["--images", "100", "--image-size", "32", "--steps", "1", "--epochs", "1",
+                           "--data-dir", str(tmp_path / "data"), "--output", str(output)]) == 0
+
+    bench = json.loads(output.read_text())
+    for key in ("pipeline_speedup", "training_vs_ceiling", "fast_sweep_speedup", "peak_rss_gib"):
+        assert math.isfinite(bench[key]) and bench[key] > 0, key
+    assert bench["pipeline"]["images"] == 100
+    assert len(bench["pipeline"]["baseline"]["epochs"]) == len(bench["pipeline"]["project"]["epochs"]) == 3
+    assert bench["pipeline_speedup"] == bench["pipeline"]["project"]["later_epochs"] / bench["pipeline"]["baseline"]["later_epochs"]
+    assert bench["fast_sweep"]["configurations"] == 1 and bench["fast_sweep"]["epochs"] == 1
+    # the notebook's steps (tested on their own in test_features) ran end to end, then through the cache
+    assert runs == [(False, 1, False), (True, 1, False)]
+    assert bench["precision"]["float32"]["images_per_second"] > 0
+    assert {"cpu", "cpu_count", "gpus", "tensorflow"} <= set(bench["machine"])
+    printed = capsys.readouterr().out
+    assert "pipeline_speedup" in printed and "fast_sweep_speedup" in printed and str(output) in printed
