@@ -212,7 +212,11 @@ def _exclusive(lock_file: Path):
         yield
         return
     with open(lock_file, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print("Another run is computing these features; waiting for it")
+            fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
         finally:

@@ -84,8 +84,8 @@ def test_metrics_are_complete_and_consistent(finished_run, tiny_root):
 
 def test_a_weights_file_path_is_loaded_and_the_split_is_the_same(finished_run, tiny_root, tmp_path):
     path = tmp_path / "random_backbone.weights.h5"
-    build_backbone(64, None).save_weights(path)
-    params = tiny_params(tmp_path, tiny_root, experiment="from_file", epochs=1, image_size=64, weights=str(path))
+    build_backbone(32, None).save_weights(path)
+    params = tiny_params(tmp_path, tiny_root, experiment="from_file", epochs=1, image_size=32, weights=str(path))
     run_notebook(tmp_path / "executed.ipynb", **params)
     metrics = json.loads((tmp_path / "results" / "from_file" / "metrics.json").read_text())
     assert metrics["params"]["weights"] == str(path)
