@@ -31,7 +31,7 @@ import numpy as np
 import tensorflow as tf
 
 from .data import SPLITS, ImageIndex, Split
-from .files import write_json
+from .files import file_sha256, write_json
 from .model import feature_extractor
 from .pipeline import AUTOTUNE, SplitPipelines, load_image, split_arrays, split_labels
 
@@ -126,7 +126,7 @@ def cache_key(index: ImageIndex, split: Split, *, image_size: int, weights: str 
     elif weights == "imagenet":
         weights_id = "imagenet"
     else:
-        weights_id = "file" + _file_sha256(Path(weights))[:12]
+        weights_id = "file" + file_sha256(weights)[:12]
     policy = keras.mixed_precision.global_policy().name
     return f"{split.sha256[:12]}-{content.hexdigest()[:12]}-{image_size}px-{weights_id}-{policy}"
 
@@ -193,14 +193,6 @@ def _read_manifest(folder: Path) -> dict | None:
         return json.loads((folder / MANIFEST).read_text())
     except (OSError, ValueError):
         return None
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @contextmanager

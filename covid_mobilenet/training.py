@@ -7,7 +7,6 @@ parameters starts afresh. The backup is removed once the run's metrics are saved
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import time
@@ -17,7 +16,7 @@ import keras
 import pandas as pd
 import tensorflow as tf
 
-from .files import write_atomic
+from .files import file_sha256, write_atomic
 from .pipeline import SplitPipelines
 from .runs import backup_dir
 
@@ -66,7 +65,7 @@ class BackupSeal(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         record = {
             "epoch": epoch + 1,
-            "weights_sha256": _sha256(self.keras_backup / KERAS_WEIGHTS),
+            "weights_sha256": file_sha256(self.keras_backup / KERAS_WEIGHTS),
             "random_states": [v.numpy().tolist() for v in self._states()],
         }
         write_atomic(self.seal, json.dumps(record))
@@ -91,7 +90,7 @@ def prepare_resume(keras_backup: Path, seal: Path) -> tuple[int, list | None]:
     for suffix in ("", ".bkp"):
         weights = keras_backup / f"{KERAS_WEIGHTS}{suffix}"
         metadata = keras_backup / f"{KERAS_METADATA}{suffix}"
-        if record and weights.is_file() and resumed_epoch(metadata) == record["epoch"] and _sha256(weights) == record["weights_sha256"]:
+        if record and weights.is_file() and resumed_epoch(metadata) == record["epoch"] and file_sha256(weights) == record["weights_sha256"]:
             if suffix:
                 shutil.copyfile(weights, keras_backup / KERAS_WEIGHTS)
                 shutil.copyfile(metadata, keras_backup / KERAS_METADATA)
@@ -100,14 +99,6 @@ def prepare_resume(keras_backup: Path, seal: Path) -> tuple[int, list | None]:
         print(f"The backup in {keras_backup} was cut short; training starts over")
         shutil.rmtree(keras_backup)
     return 0, None
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def fit(model: keras.Model, pipelines: SplitPipelines, *, epochs: int, run_dir: Path, params: dict) -> pd.DataFrame:
