@@ -14,7 +14,7 @@ import pytest
 
 from covid_mobilenet import files, summary, sweep
 from covid_mobilenet.files import StorageError, ensure_writable, write_atomic
-from tests.conftest import NAMES, folders, run_all
+from tests.conftest import folders, run_all
 
 
 # ------------------------------------------------------------- bad parameters in experiments.json
@@ -51,9 +51,12 @@ def test_a_truncated_metrics_file_is_reported_and_its_experiment_reruns(demo_swe
     metrics_file = tmp / "results" / "mn_resultset4" / "metrics.json"
     before = json.loads(metrics_file.read_text())
     metrics_file.write_text(metrics_file.read_text()[:200])  # as if the machine died mid-write without atomic writes
-    others = {n: (tmp / "results" / n / "metrics.json").stat().st_mtime_ns for n in NAMES if n != "mn_resultset4"}
+    # (mn_resultset5 is left out: another test of the shared sweep reruns it with other epochs)
+    chosen = ["mn_resultset1", "mn_resultset2", "mn_resultset4"]
+    others = {n: (tmp / "results" / n / "metrics.json").stat().st_mtime_ns for n in chosen if n != "mn_resultset4"}
 
-    result = run_all("--demo", *folders(tmp, tiny_root), "--image-size", "32", "--epochs", "2", "--set", "batch_size=32")
+    result = run_all("--demo", *folders(tmp, tiny_root), "--image-size", "32", "--epochs", "2", "--set", "batch_size=32",
+                     "--only", ",".join(chosen))
     assert result.returncode == 0, result.stderr
     assert "mn_resultset4:" in result.stdout and "is unreadable" in result.stdout and "running it again" in result.stdout
     after = json.loads(metrics_file.read_text())
