@@ -19,7 +19,7 @@ import keras
 import tensorflow as tf
 
 from . import PROJECT_ROOT
-from .report import cpu_name
+from .report import cpu_name, cpuinfo
 
 BENCH_FILE = PROJECT_ROOT / "results" / "bench.json"
 CPU_BFLOAT16_FLAGS = {"avx512_bf16", "amx_bf16"}
@@ -102,13 +102,7 @@ def _measured_cpu_precision(bench_file: Path) -> tuple[float, float] | None:
 
 
 def cpu_flags() -> set[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
+    return set((cpuinfo("flags") or "").split())
 
 
 def cpu_has_bfloat16() -> bool:
