@@ -22,11 +22,19 @@ EXAMPLES = """examples:
   python run_all.py --fast                      frozen backbone, cached features: the seven in minutes on a CPU
   python run_all.py --only mn_resultset1,mn_resultset4 --epochs 5
   python run_all.py --set batch_size=64 --jobs 2
+  python run_all.py --seeds 3                   every configuration with three training seeds, compared image by image
 
-outputs: results/<experiment>/ (executed notebook, metrics.json, history.csv), Graph/<n>.png,
-results/summary.csv and summary.md, Graph/The_result_of_MobileNet_fine_tuning.png, and the
+outputs: results/<experiment>/seed-<seed>/ (executed notebook, metrics.json, predictions.csv, history.csv,
+TensorBoard logs), Graph/<n>-seed-<seed>.png, results/summary.csv, runs.csv and summary.md, Graph/The_result_of_MobileNet_fine_tuning.png, and the
 README's results section. --demo writes to results/demo/ and Graph/demo/ and never the README;
 --fast writes to results/fast/ and Graph/fast/ and the README's frozen-backbone section."""
+
+
+def _seed_list(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected integers separated by commas, e.g. 1,2,3") from None
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -40,6 +48,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "each configuration trains its head on them (minutes on a CPU); results in results/fast/")
     parser.add_argument("--only", action="append", metavar="NAMES",
                         help="comma-separated experiment names to run (default: all); may be repeated")
+    parser.add_argument("--seeds", type=int, metavar="N",
+                        help="train every configuration with N training seeds (the notebook's seed, then the next ones); "
+                             "the split stays the same, so the seeds of all configurations are tested on the same images")
+    parser.add_argument("--seed-values", metavar="S1,S2,...", type=_seed_list,
+                        help="the training seeds to use, e.g. --seed-values 1,2,3 (instead of --seeds)")
     parser.add_argument("--epochs", type=int, help="epochs for every experiment (default: the notebook's, or the demo's)")
     parser.add_argument("--image-size", type=int, help="image side in pixels for every experiment")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -59,6 +72,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.jobs = 2 if args.demo or args.fast else 1
     if args.jobs < 1:
         parser.error("--jobs must be at least 1")
+    if args.seeds is not None and args.seed_values:
+        parser.error("give --seeds or --seed-values, not both")
     return args
 
 
@@ -82,22 +97,24 @@ def main(argv: list[str] | None = None) -> int:
     from covid_mobilenet import sweep
     from covid_mobilenet.data import DatasetError
     from covid_mobilenet.weights import WeightsError
-    from covid_mobilenet.params import ParameterError, resolve_path
+    from covid_mobilenet.params import ParameterError, notebook_defaults, resolve_path
     from covid_mobilenet.summary import ConfigError, load_config
 
     try:
         config_file = resolve_path(args.config)
         config = load_config(config_file)
         mode = sweep.make_mode(config, demo=args.demo, fast=args.fast, results_dir=args.results_dir, graph_dir=args.graph_dir, data_dir=args.data_dir)
-        jobs = sweep.plan(config, sweep.select(config, args.only), mode, cli_overrides(args))
+        seeds = sweep.training_seeds(args.seeds, args.seed_values, notebook_defaults()["seed"])
+        jobs = sweep.plan(config, sweep.select(config, args.only), mode, cli_overrides(args), seeds)
         if mode.demo:
-            sweep.prepare_demo_data(mode, config)
+            sweep.prepare_demo_data(mode, config, jobs)
         sweep.preflight(jobs, mode)
     except (ParameterError, ConfigError, DatasetError, WeightsError, sweep.SweepError) as exc:
         print(f"run_all.py: {exc}", file=sys.stderr)
         return 2
 
-    print(f"{mode.label} sweep: {len(jobs)} experiments, results in {resolve_path(mode.results_dir)}")
+    print(f"{mode.label} sweep: {len(jobs)} runs ({len(jobs) // len(seeds)} configurations x {len(seeds)} "
+          f"seed{'s' if len(seeds) > 1 else ''}), results in {resolve_path(mode.results_dir)}")
     outcomes, to_run = [], []
     for job in jobs:
         finished, reason = sweep.previous_run(job)
@@ -125,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
 
     order = {job.name: i for i, job in enumerate(jobs)}
     outcomes.sort(key=lambda outcome: order[outcome.name])
-    summary = sweep.run_summary(mode, config_file, args.kernel)
+    summary = sweep.run_summary(mode, config_file, args.kernel, seeds)
     print()
     print(sweep.closing_table(outcomes + [summary]))
     print(f"\ntotal {time.perf_counter() - started:.0f} s; summary: {resolve_path(mode.results_dir) / 'summary.md'}")

@@ -252,7 +252,7 @@ def _run_steps(params: dict) -> None:
     data = experiment.prepare_data(params, runtime)
     model = experiment.build(params, data, runtime)
     history = experiment.train(model, data, params)
-    experiment.evaluate(model, data, params, history, runtime)
+    experiment.evaluate(model, data, experiment.predict(model, data), params, history, runtime)
     del model, data
     keras.backend.clear_session(free_memory=True)  # as a new notebook kernel would start: nothing held over
 

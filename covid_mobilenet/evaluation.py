@@ -16,6 +16,14 @@ def predict(model, dataset: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
     return labels, probabilities / probabilities.sum(axis=1, keepdims=True)
 
 
+def labels_and_probabilities(predictions, class_names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(class indices, probabilities) from a predictions table (columns true, p_<class> per class)."""
+    index = {name: i for i, name in enumerate(class_names)}
+    labels = np.array([index[name] for name in predictions["true"]], dtype=np.int64)
+    probabilities = predictions[[f"p_{name}" for name in class_names]].to_numpy(dtype=np.float64)
+    return labels, probabilities
+
+
 def loss_and_accuracy(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
     """Cross-entropy (as Keras' sparse categorical loss) and accuracy."""
     classes = np.arange(probabilities.shape[1])

@@ -15,7 +15,7 @@ from typing import Any, Mapping
 import keras
 import pandas as pd
 
-from . import evaluation, files, report, training
+from . import evaluation, files, report, statistics, training
 from .data import ImageIndex, Split, locate_dataset, scan_dataset, split_images
 from .demo import is_demo_dataset
 from .features import FeatureCache, cached_features
@@ -23,7 +23,7 @@ from .model import build_head, build_model, compile_model
 from .params import check_parameters, resolve_path
 from .pipeline import SplitPipelines, split_pipelines
 from .runtime import Runtime, configure
-from .runs import CONFUSION_FILE, HISTORY_FILE, METRICS_FILE, remove_backup, run_dir
+from .runs import CONFUSION_FILE, HISTORY_FILE, METRICS_FILE, PREDICTIONS_FILE, TENSORBOARD_FOLDER, remove_backup, run_dir
 from .weights import ensure_weights_available
 
 
@@ -65,7 +65,7 @@ def prepare_data(params: dict, runtime: Runtime) -> PreparedData:
     root = locate_dataset(None if params["data_dir"] is None else resolve_path(params["data_dir"]))
     index = scan_dataset(root, strict=params["strict_data"])
     split = split_images(
-        index.images, val_fraction=params["val_fraction"], test_fraction=params["test_fraction"], seed=params["seed"]
+        index.images, val_fraction=params["val_fraction"], test_fraction=params["test_fraction"], seed=params["split_seed"]
     )
     split_file = resolve_path(params["results_dir"]) / f"split-{split.sha256[:12]}.csv"
     if not split_file.exists():
@@ -105,13 +105,38 @@ def train(model: keras.Model, data: PreparedData, params: dict) -> pd.DataFrame:
     return training.fit(model, data.pipelines, epochs=params["epochs"], run_dir=run_dir(params), params=params)
 
 
-def evaluate(model: keras.Model, data: PreparedData, params: dict, history: pd.DataFrame, runtime: Runtime) -> dict:
-    """The full metrics record of a finished run (see the module docstring for where it goes)."""
-    results = {}
+PREDICTED_SUBSETS = ("val", "test")  # written to predictions.csv; train is only summarised
+
+
+def predict(model: keras.Model, data: PreparedData) -> dict[str, pd.DataFrame]:
+    """Every image's true class, predicted class and class probabilities, per subset, in split order."""
+    tables = {}
     for subset in ("train", "val", "test"):
         labels, probabilities = evaluation.predict(model, data.pipelines.batches(subset))
+        rows = data.split.subset(subset)
+        table = pd.DataFrame({"path": rows["path"].to_numpy(), "split": subset,
+                              "true": [data.class_names[i] for i in labels],
+                              "predicted": [data.class_names[i] for i in probabilities.argmax(axis=1)]})
+        for i, name in enumerate(data.class_names):
+            table[f"p_{name}"] = probabilities[:, i]
+        if (table["true"].to_numpy() != rows["label"].to_numpy()).any():
+            raise AssertionError(f"the {subset} predictions are not in the split table's order")
+        tables[subset] = table
+    return tables
+
+
+def evaluate(
+    model: keras.Model, data: PreparedData, predictions: dict[str, pd.DataFrame], params: dict,
+    history: pd.DataFrame, runtime: Runtime,
+) -> dict:
+    """The full metrics record of a finished run (see the module docstring for where it goes)."""
+    results = {}
+    for subset, table in predictions.items():
+        labels, probabilities = evaluation.labels_and_probabilities(table, data.class_names)
         if subset == "test":
             results[subset] = evaluation.classification_report(labels, probabilities, data.class_names)
+            results[subset]["intervals"] = statistics.single_run_intervals(
+                labels, probabilities.argmax(axis=1), len(data.class_names))
         else:
             last = history.iloc[-1]
             prefix = "" if subset == "train" else "val_"
@@ -145,6 +170,7 @@ def evaluate(model: keras.Model, data: PreparedData, params: dict, history: pd.D
         "seconds_per_epoch": train_seconds / epochs_run,
         "images_per_second": train_images * epochs_run / train_seconds,
         "epochs_run": epochs_run,
+        "predictions_file": PREDICTIONS_FILE,
         "features": None if data.features is None else {
             "cache": data.features.folder.name,
             "computed_here": data.features.computed_here,
@@ -159,20 +185,23 @@ def evaluate(model: keras.Model, data: PreparedData, params: dict, history: pd.D
     }
 
 
-def save_outputs(metrics: dict, history: pd.DataFrame, params: dict) -> dict[str, Path]:
+def save_outputs(metrics: dict, predictions: dict[str, pd.DataFrame], history: pd.DataFrame, params: dict) -> dict[str, Path]:
     """Write the run's files, metrics.json last; then drop the training backup."""
     folder = run_dir(params)
-    title = params["experiment"]
+    title = f"{params['experiment']} (seed {params['seed']})"
     paths = {
+        "predictions": files.write_csv(
+            folder / PREDICTIONS_FILE, pd.concat([predictions[subset] for subset in PREDICTED_SUBSETS], ignore_index=True)),
         "history": files.write_csv(folder / HISTORY_FILE, history),
         "confusion_matrix": report.save_figure(
             report.plot_confusion_matrix(metrics["test"]["confusion_matrix"], metrics["dataset"]["class_names"], title),
             folder / CONFUSION_FILE,
         ),
         "curves": report.save_figure(
-            report.plot_history(history, title), resolve_path(params["graph_dir"]) / report.graph_name(title)
+            report.plot_history(history, title), resolve_path(params["graph_dir"]) / report.graph_name(params["experiment"], params["seed"])
         ),
     }
+    paths["tensorboard"] = report.write_hparams(folder / TENSORBOARD_FOLDER, metrics)
     paths["metrics"] = files.write_json(folder / METRICS_FILE, metrics)
     remove_backup(folder)
     return paths

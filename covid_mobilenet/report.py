@@ -25,10 +25,10 @@ def save_figure(figure: Figure, path: str | os.PathLike) -> Path:
     return path
 
 
-def graph_name(experiment: str) -> str:
-    """The study's graph file name: the experiment name's trailing number (mn_resultset3 -> 3.png), else the name."""
+def graph_name(experiment: str, seed: int) -> str:
+    """The study's graph file name, the experiment name's trailing number, with the seed (mn_resultset3 -> 3-seed-42.png)."""
     match = re.search(r"(\d+)$", experiment)
-    return f"{match.group(1) if match else experiment}.png"
+    return f"{match.group(1) if match else experiment}-seed-{seed}.png"
 
 
 def plot_history(history: pd.DataFrame, title: str) -> Figure:
@@ -60,6 +60,30 @@ def plot_confusion_matrix(confusion: list[list[int]], class_names: list[str], ti
             color = "white" if value > matrix.max() / 2 else "black"
             axes.text(column, row, str(value), ha="center", va="center", color=color)
     return figure
+
+
+HPARAMS = ("hidden_layers", "dense_units", "learning_rate", "dropout", "batch_size", "epochs", "image_size",
+           "seed", "split_seed", "train_base", "fast", "precision")
+
+
+def write_hparams(log_dir: str | os.PathLike, metrics: dict) -> Path:
+    """The TensorBoard HParams plugin's record of a finished run: its parameters and final test metrics,
+    so that `tensorboard --logdir results` lists every run of a sweep in one table."""
+    import tensorflow as tf
+    from tensorboard.plugins.hparams import api as hparams
+
+    params = metrics["params"]
+    log_dir = Path(log_dir) / "hparams"
+    writer = tf.summary.create_file_writer(str(log_dir))
+    with writer.as_default():
+        hparams.hparams({name: params[name] for name in HPARAMS if name in params},
+                        trial_id=f"{params['experiment']}/seed-{params['seed']}")
+        test = metrics["test"]
+        for name in ("accuracy", "macro_f1", "balanced_accuracy", "loss"):
+            tf.summary.scalar(f"test/{name}", test[name], step=metrics["epochs_run"])
+        tf.summary.scalar("train_seconds", metrics["train_seconds"], step=metrics["epochs_run"])
+    writer.close()
+    return log_dir
 
 
 def environment() -> dict:

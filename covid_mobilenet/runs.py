@@ -1,4 +1,7 @@
-"""Where one run's files live: ``<results_dir>/<experiment>/`` and its backup folder.
+"""Where one run's files live: ``<results_dir>/<experiment>/seed-<seed>/`` and its backup folder.
+
+One layout for one seed and many: a run is a configuration trained with one seed, and the
+seeds of a configuration sit side by side in its folder.
 
 Free of TensorFlow, so that run_all.py can inspect runs without loading it.
 """
@@ -12,13 +15,25 @@ from .params import resolve_path
 METRICS_FILE = "metrics.json"  # written last: its presence means the run finished
 PREVIOUS_METRICS_FILE = "metrics.previous.json"  # an outdated result, kept when its experiment reruns
 HISTORY_FILE = "history.csv"
+PREDICTIONS_FILE = "predictions.csv"  # one row per validation and test image: true, predicted, probabilities
 CONFUSION_FILE = "confusion_matrix.png"
+TENSORBOARD_FOLDER = "tensorboard"  # per-epoch scalars and the HParams record of the run
 KERNEL_LOG = "kernel.log"  # the notebook kernel's own stderr (library start-up messages, crashes)
 BACKUP_FOLDER = "backup"  # Keras' BackupAndRestore checkpoint and the per-epoch log, while training
 
 
 def run_dir(params: dict) -> Path:
-    return resolve_path(params["results_dir"]) / params["experiment"]
+    return resolve_path(params["results_dir"]) / params["experiment"] / seed_folder(params["seed"])
+
+
+def seed_folder(seed: int) -> str:
+    return f"seed-{seed}"
+
+
+def seed_of(folder: str | Path) -> int | None:
+    """The seed a run folder's name says (seed-42 -> 42), or None for another folder."""
+    name = Path(folder).name
+    return int(name[5:]) if name.startswith("seed-") and name[5:].isdigit() else None
 
 
 def backup_dir(run_folder: Path) -> Path:

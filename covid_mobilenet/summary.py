@@ -15,10 +15,10 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from . import PROJECT_ROOT
+from . import PROJECT_ROOT, comparison
 from .files import write_atomic, write_csv
 from .report import save_figure
-from .runs import METRICS_FILE
+from .runs import METRICS_FILE, seed_folder, seed_of
 
 CONFIG_FILE = PROJECT_ROOT / "experiments.json"
 README_FILE = PROJECT_ROOT / "README.md"
@@ -29,6 +29,7 @@ FAST_RESULTS_END = "<!-- results-fast:end -->"
 COMPARISON_GRAPH = "The_result_of_MobileNet_fine_tuning.png"
 SUMMARY_CSV = "summary.csv"
 SUMMARY_MD = "summary.md"
+RUNS_CSV = "runs.csv"  # one row per run (configuration and seed)
 
 
 class ConfigError(ValueError):
@@ -60,33 +61,51 @@ def experiment_parameters(settings: dict) -> dict:
 
 @dataclass
 class ExperimentResult:
-    name: str
+    """One run: a configuration with one training seed (``seed`` None: no run of it was found)."""
+
+    name: str  # the configuration
     status: str  # "done", "missing", "failed", "unreadable", "demo data"
     metrics: dict | None = None
     problem: str | None = None
+    seed: int | None = None
+    folder: Path | None = None
 
 
-def read_result(results_dir: Path, name: str, *, allow_demo: bool = True) -> ExperimentResult:
-    """What ``results_dir/name`` holds: finished metrics, or why there are none."""
-    folder = Path(results_dir) / name
+def read_result(run_folder: str | os.PathLike, *, allow_demo: bool = True) -> ExperimentResult:
+    """What one run's folder (``<results_dir>/<experiment>/seed-<seed>``) holds: finished metrics, or why there are none."""
+    folder = Path(run_folder)
+    name, seed = folder.parent.name, seed_of(folder)
     metrics_file = folder / METRICS_FILE
     if metrics_file.is_file():
         try:
             metrics = json.loads(metrics_file.read_text())
             metrics["test"]["accuracy"]  # the least a finished run has
         except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as exc:
-            return ExperimentResult(name, "unreadable", problem=f"{metrics_file} is unreadable ({type(exc).__name__}: {exc})")
+            return ExperimentResult(name, "unreadable", problem=f"{metrics_file} is unreadable ({type(exc).__name__}: {exc})",
+                                    seed=seed, folder=folder)
         if not allow_demo and metrics.get("dataset", {}).get("demo"):
-            return ExperimentResult(name, "demo data", problem=f"{metrics_file} was computed on the demo data set")
-        return ExperimentResult(name, "done", metrics)
+            return ExperimentResult(name, "demo data", problem=f"{metrics_file} was computed on the demo data set",
+                                    seed=seed, folder=folder)
+        return ExperimentResult(name, "done", metrics, seed=seed, folder=folder)
     notebook = folder / f"{name}.ipynb"
     if notebook.is_file():
-        return ExperimentResult(name, "failed", problem=f"no metrics.json; the executed notebook {notebook} shows where it stopped")
-    return ExperimentResult(name, "missing", problem=f"{folder} holds no results")
+        return ExperimentResult(name, "failed", problem=f"no metrics.json; the executed notebook {notebook} shows where it stopped",
+                                seed=seed, folder=folder)
+    return ExperimentResult(name, "missing", problem=f"{folder} holds no results", seed=seed, folder=folder)
 
 
-def collect_results(results_dir: str | os.PathLike, config: dict, *, allow_demo: bool = True) -> list[ExperimentResult]:
-    return [read_result(Path(results_dir), name, allow_demo=allow_demo) for name in config["experiments"]]
+def collect_results(
+    results_dir: str | os.PathLike, config: dict, *, allow_demo: bool = True, seeds: list[int] | None = None
+) -> dict[str, list[ExperimentResult]]:
+    """Every configuration's runs, one per seed: ``seeds`` when given, else every ``seed-*`` folder there is."""
+    collected = {}
+    for name in config["experiments"]:
+        folder = Path(results_dir) / name
+        found = seeds if seeds is not None else sorted(
+            seed for seed in map(seed_of, folder.glob("seed-*")) if seed is not None)
+        runs = [read_result(folder / seed_folder(seed), allow_demo=allow_demo) for seed in found]
+        collected[name] = runs or [ExperimentResult(name, "missing", problem=f"{folder} holds no results")]
+    return collected
 
 
 def format_duration(seconds: float | None) -> str:
@@ -97,29 +116,45 @@ def format_duration(seconds: float | None) -> str:
     return f"{total // 3600}:{total % 3600 // 60:02d}:{total % 60:02d}"
 
 
-def summary_table(results: list[ExperimentResult], config: dict) -> pd.DataFrame:
-    """One row per configured experiment: our measured numbers beside the study's reported ones."""
+def summary_table(collected: dict[str, list[ExperimentResult]], config: dict,
+                  comparisons: dict[str, comparison.Comparison] | None = None) -> pd.DataFrame:
+    """One row per configuration, over its seeds: our numbers with their uncertainty, the paired
+    comparison with the baseline, and the study's reported numbers."""
+    comparisons = comparisons or {}
     rows = []
-    for result in results:
-        settings = config["experiments"][result.name]
+    for name, runs in collected.items():
+        settings = config["experiments"][name]
         reference = settings.get("reference", {})
-        metrics = result.metrics or {}
-        params = metrics.get("params", experiment_parameters(settings))
-        test = metrics.get("test", {})
-        seconds = metrics.get("train_seconds")
+        done = [run for run in runs if run.status == "done"]
+        first = done[0].metrics if done else {}
+        params = first.get("params", experiment_parameters(settings))
+        accuracy = comparison.accuracy_summary(runs)
+        seconds = _mean([run.metrics.get("train_seconds") for run in done])
+        versus = comparisons.get(name)
         rows.append(
             {
-                "Model": result.name,
+                "Model": name,
                 "Hidden Layer": params.get("hidden_layers"),
                 "Dense Count": params.get("dense_units"),
                 "Learning Rate": params.get("learning_rate"),
-                "Test accuracy": test.get("accuracy"),
-                "Macro F1": test.get("macro_f1"),
-                "COVID sensitivity": test.get("per_class", {}).get("COVID", {}).get("sensitivity"),
-                "Training time": format_duration(seconds) if seconds is not None else None,
+                "Seeds": len(done),
+                "Test accuracy": accuracy["mean"],
+                "Accuracy SD": accuracy["sd"],
+                "Accuracy CI low": accuracy["low"],
+                "Accuracy CI high": accuracy["high"],
+                "Interval": accuracy["method"],
+                "Macro F1": _mean([run.metrics["test"].get("macro_f1") for run in done]),
+                "COVID sensitivity": _mean([run.metrics["test"].get("per_class", {}).get("COVID", {}).get("sensitivity") for run in done]),
+                "Training time": format_duration(seconds) if done else None,
                 "Training seconds": seconds,
-                "Epochs": metrics.get("epochs_run"),
-                "Status": result.status,
+                "Epochs": first.get("epochs_run"),
+                "Status": _status(runs),
+                "Difference": None if versus is None else versus.difference,
+                "Difference CI low": None if versus is None else versus.low,
+                "Difference CI high": None if versus is None else versus.high,
+                "McNemar p": None if versus is None else versus.p_value,
+                "Holm p": None if versus is None else versus.holm_p_value,
+                "Significant": None if versus is None or versus.p_value is None else versus.significant,
                 "Study test accuracy": reference.get("test_accuracy"),
                 "Study table accuracy": reference.get("table_accuracy"),
                 "Study training time": format_duration(reference.get("learning_seconds")) if reference.get("learning_seconds") else None,
@@ -129,24 +164,73 @@ def summary_table(results: list[ExperimentResult], config: dict) -> pd.DataFrame
     return pd.DataFrame(rows)
 
 
+def runs_table(collected: dict[str, list[ExperimentResult]]) -> pd.DataFrame:
+    """One row per run (configuration and seed): the numbers behind the summary's means."""
+    rows = []
+    for name, runs in collected.items():
+        for run in runs:
+            test = (run.metrics or {}).get("test", {})
+            intervals = test.get("intervals", {})
+            rows.append({
+                "Model": name, "Seed": run.seed, "Status": run.status,
+                "Test accuracy": test.get("accuracy"),
+                "Accuracy CI low": intervals.get("accuracy", {}).get("low"),
+                "Accuracy CI high": intervals.get("accuracy", {}).get("high"),
+                "Macro F1": test.get("macro_f1"),
+                "Macro F1 CI low": intervals.get("macro_f1", {}).get("low"),
+                "Macro F1 CI high": intervals.get("macro_f1", {}).get("high"),
+                "Balanced accuracy": test.get("balanced_accuracy"),
+                "Training seconds": (run.metrics or {}).get("train_seconds"),
+                "Folder": None if run.folder is None else f"{run.folder.parent.name}/{run.folder.name}",
+            })
+    return pd.DataFrame(rows)
+
+
+def _mean(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else None
+
+
+def _status(runs: list[ExperimentResult]) -> str:
+    done = sum(run.status == "done" for run in runs)
+    if done == len(runs):
+        return "done"
+    if done:
+        return f"{done} of {len(runs)} seeds"
+    return runs[0].status
+
+
 STUDY_COLUMNS = ["Study test accuracy", "Study table accuracy", "Study training time"]
 
 
-def markdown_table(table: pd.DataFrame, *, with_study: bool = True) -> str:
-    """The table for people: percentages, durations, and the status of any row without results.
+def markdown_table(table: pd.DataFrame, *, with_study: bool = True, baseline: str | None = None) -> str:
+    """The table for people: accuracy with its 95% interval, the difference from the baseline with
+    its interval and Holm-adjusted p-value (* significant at 0.05), durations, and the status of any
+    row without results.
 
     ``with_study=False`` leaves out the study's columns: for the frozen-backbone experiment, which
     the study never ran.
     """
-    columns = ["Model", "Hidden Layer", "Dense Count", "Learning Rate", "Test accuracy", "Macro F1",
-               "COVID sensitivity", "Training time", "Epochs"] + (STUDY_COLUMNS if with_study else [])
+    versus = f"vs {baseline} (points)" if baseline else "vs baseline (points)"
+    columns = ["Model", "Hidden Layer", "Dense Count", "Learning Rate", "Seeds", "Test accuracy (95% CI)", versus,
+               "Holm p", "Macro F1", "COVID sensitivity", "Training time", "Epochs"] + (STUDY_COLUMNS if with_study else [])
     lines = ["| " + " | ".join(columns) + " |", "| :-- | " + " | ".join([":-:"] * (len(columns) - 1)) + " |"]
     for row in table.to_dict("records"):
         cells = []
         for column in columns:
-            value = row[column]
-            if column in ("Test accuracy", "Study test accuracy", "Study table accuracy", "COVID sensitivity"):
+            value = row.get(column)
+            if column in ("Study test accuracy", "Study table accuracy", "COVID sensitivity"):
                 cell = _percent(value)
+            elif column == "Test accuracy (95% CI)":
+                cell = _percent(row["Test accuracy"]) + (
+                    "" if _missing(row["Accuracy CI low"]) else f" [{100 * row['Accuracy CI low']:.1f}, {100 * row['Accuracy CI high']:.1f}]")
+                cell += "" if _missing(row["Accuracy SD"]) else f" ±{100 * row['Accuracy SD']:.1f} SD"
+            elif column == versus:
+                cell = "–" if _missing(row["Difference"]) else (
+                    f"{100 * row['Difference']:+.1f} [{100 * row['Difference CI low']:+.1f}, {100 * row['Difference CI high']:+.1f}]"
+                    + ("\\*" if row["Significant"] else ""))
+            elif column == "Holm p":
+                cell = "–" if _missing(value) else f"{value:.3g}"
             elif column == "Macro F1":
                 cell = "–" if _missing(value) else f"{value:.3f}"
             elif column == "Learning Rate":
@@ -158,6 +242,17 @@ def markdown_table(table: pd.DataFrame, *, with_study: bool = True) -> str:
             cells.append(cell)
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+HOW_TO_READ = (
+    "How to read it: the interval after each accuracy is its 95% confidence interval: over the seeds (a t-interval) "
+    "when there are two or more, which covers both the training's randomness and the test sample; with one seed, the "
+    "Wilson interval of that run, which covers the test sample only. The difference from the baseline is measured on "
+    "the same test images, seed by seed (paired), with its 95% interval; its p-value is McNemar's exact test on the "
+    "images the two models disagree on (the largest over seeds), Holm-corrected across the comparisons with the "
+    "baseline; * marks a difference significant at 0.05. A ranking of rows whose intervals overlap and whose "
+    "difference is not marked says nothing about which configuration is better."
+)
 
 
 def _missing(value) -> bool:
@@ -176,16 +271,18 @@ def comparison_figure(table: pd.DataFrame, title: str, *, with_study: bool = Tru
     width = 0.38
     ours = table["Test accuracy"].astype(float) * 100
     study = table["Study test accuracy"].astype(float) * 100 if with_study else None
-    accuracy_axes.bar(positions - width / 2, ours.fillna(0), width, label="this run (test)")
+    errors = np.vstack([ours - table["Accuracy CI low"].astype(float) * 100, table["Accuracy CI high"].astype(float) * 100 - ours])
+    accuracy_axes.bar(positions - width / 2, ours.fillna(0), width, yerr=np.nan_to_num(errors), capsize=3,
+                      label="ours: mean test accuracy, 95% CI")
     if with_study:
         accuracy_axes.bar(positions + width / 2, study.fillna(0), width, label="study (reported test)", alpha=0.6)
     for x, value in zip(positions, ours):
-        accuracy_axes.text(x - width / 2, (0 if np.isnan(value) else value) + 1, "n/a" if np.isnan(value) else f"{value:.1f}",
-                           ha="center", fontsize=8)
+        accuracy_axes.text(x - width / 2, 2, "n/a" if np.isnan(value) else f"{value:.1f}", ha="center", fontsize=8,
+                           color="white" if not np.isnan(value) and value > 10 else "black")
     accuracy_axes.set(ylabel="test accuracy (%)", ylim=(0, 105), title=f"{title}: test accuracy")
     minutes_ours = table["Training seconds"].astype(float) / 60
     minutes_study = table["Study training seconds"].astype(float) / 60
-    time_axes.bar(positions - width / 2, minutes_ours.fillna(0), width, label="this run")
+    time_axes.bar(positions - width / 2, minutes_ours.fillna(0), width, label="ours (mean over seeds)")
     if with_study:
         time_axes.bar(positions + width / 2, minutes_study.fillna(0), width, label="study (reported)", alpha=0.6)
     time_axes.set(ylabel="training time (minutes)", title=f"{title}: training time")
@@ -196,47 +293,133 @@ def comparison_figure(table: pd.DataFrame, title: str, *, with_study: bool = Tru
     return figure
 
 
-def readme_section(table: pd.DataFrame, results: list[ExperimentResult], graph_path: str, *, fast: bool = False) -> str:
+EFFECT_COLUMNS = {"Dense Count": "dense units", "Hidden Layer": "hidden layers", "Learning Rate": "learning rate"}
+
+
+def effect_lines(table: pd.DataFrame) -> list[str]:
+    """One line per setting the configurations vary: test accuracy as that setting changes while the
+    others stay at the first configuration's values (the study's design: one change at a time)."""
+    done = table[table["Status"] == "done"]
+    if done.empty:
+        return []
+    base = done.iloc[0]
+    lines = []
+    for column, words in EFFECT_COLUMNS.items():
+        others = [c for c in EFFECT_COLUMNS if c != column]
+        rows = done[(done[others] == base[others]).all(axis=1)].sort_values(column)
+        if rows[column].nunique() < 2:
+            continue
+        steps = ", ".join(
+            f"{_setting(column, row[column])}: {_percent(row['Test accuracy'])} ({row['Model']})" for _, row in rows.iterrows()
+        )
+        held = ", ".join(f"{EFFECT_COLUMNS[c]} {_setting(c, base[c])}" for c in others)
+        lines.append(f"- {words} ({held}): {steps}")
+    return lines
+
+
+def majority_share(collected: dict[str, list[ExperimentResult]]) -> float | None:
+    """The test accuracy of always predicting the commonest class, from a finished run's class counts."""
+    for result in (run for runs in collected.values() for run in runs):
+        if result.status == "done":
+            support = [c["support"] for c in result.metrics["test"].get("per_class", {}).values()]
+            return max(support) / sum(support) if support and sum(support) else None
+    return None
+
+
+def _setting(column: str, value) -> str:
+    return f"{value:.0e}".replace("e-0", "e-") if column == "Learning Rate" else str(int(value))
+
+
+def readme_section(table: pd.DataFrame, collected: dict[str, list[ExperimentResult]], body: list[str], graph_path: str,
+                   *, fast: bool = False) -> str:
     """The README's results section: measured rows when real runs exist, else the study's reference table
     (for the frozen-backbone experiment, which the study never ran: how to fill it)."""
-    done = [result for result in results if result.status == "done"]
+    done = [run for runs in collected.values() for run in runs if run.status == "done"]
     if not done and fast:
         return "\n".join([
             "No frozen-backbone run on the real data has been recorded in this repository yet.",
-            "`python run_all.py --fast` on the real data fills this section from `results/fast/<experiment>/metrics.json`.",
+            "`python run_all.py --fast` on the real data fills this section from `results/fast/<experiment>/seed-<seed>/metrics.json`.",
         ])
     if not done:
         return "\n".join([
             "No run on the real data has been recorded in this repository yet: the table below is what the",
             "original study reported, not a result of this project. `python run_all.py` on the real data",
-            "fills this section from the `metrics.json` of each experiment.",
+            "fills this section from the `metrics.json` of each run.",
             "",
             reference_table(table),
         ])
-    environments = {r.metrics.get("environment", {}).get("device") for r in done}
-    commits = {r.metrics.get("environment", {}).get("git_commit") for r in done}
+    configurations = sum(any(run.status == "done" for run in runs) for runs in collected.values())
     if fast:
         cached = next((r.metrics.get("features") for r in done if r.metrics.get("features")), None) or {}
         intro = [
-            f"{len(done)} of {len(results)} configurations run on the real data set with the backbone frozen",
+            f"{configurations} of {len(collected)} configurations run with the backbone frozen",
             "(`run_all.py --fast`): the backbone's features were computed once"
             + (f" ({format_duration(cached.get('seconds'))})" if cached.get("seconds") else "")
             + " and each configuration trained only its head. This is not the study's fine-tuning, so its numbers",
-            "are not compared with the study's. Every number comes from `results/fast/<experiment>/metrics.json`.",
+            "are not compared with the study's. Every number comes from `results/fast/<experiment>/seed-<seed>/metrics.json`.",
         ]
     else:
         intro = [
-            f"{len(done)} of {len(results)} configurations run on the real data set; every number below comes from",
-            "`results/<experiment>/metrics.json` (test split, final model). The study's columns are what it reported.",
+            f"{configurations} of {len(collected)} configurations run; every number below comes from",
+            "`results/<experiment>/seed-<seed>/metrics.json` and `predictions.csv` (test split, final model). "
+            "The study's columns are what it reported.",
         ]
-    return "\n".join([
-        *intro,
-        f"Device: {', '.join(sorted(str(e) for e in environments))}. Code: {', '.join(sorted(str(c) for c in commits))}.",
-        "",
-        markdown_table(table, with_study=not fast),
-        "",
-        f"![Test accuracy and training time per configuration]({graph_path})",
-    ])
+    return "\n".join([*intro, "", *body, "", f"![Test accuracy with 95% intervals and training time per configuration]({graph_path})"])
+
+
+def dataset_lines(collected: dict[str, list[ExperimentResult]]) -> list[str]:
+    """What the runs ran on: the folder, its images per class, and the split's hash (and whether it is the full release)."""
+    from .demo import REAL_CLASS_COUNTS
+
+    seen = {}
+    for runs in collected.values():
+        for run in runs:
+            if run.status == "done":
+                dataset = run.metrics.get("dataset", {})
+                seen.setdefault((dataset.get("root"), dataset.get("split_sha256")), dataset)
+    lines = []
+    for (root, split_hash), dataset in seen.items():
+        per_class = {name: sum(counts.get(name, 0) for counts in dataset.get("counts", {}).values())
+                     for name in dataset.get("class_names", [])}
+        test = sum(dataset.get("counts", {}).get("test", {}).values())
+        if dataset.get("demo"):
+            which = "the synthetic demo set"
+        elif per_class == REAL_CLASS_COUNTS:
+            which = "the full Kaggle release (21,165 images)"
+        else:
+            which = (f"not the full Kaggle release ({sum(REAL_CLASS_COUNTS.values()):,} images): "
+                     "a subset or another copy of the data")
+        lines.append(
+            f"Data: `{root}`, {dataset.get('total_images', sum(per_class.values())):,} images "
+            f"({', '.join(f'{name} {count:,}' for name, count in per_class.items())}), {which}; "
+            f"split `{str(split_hash)[:12]}`, {test:,} test images."
+        )
+    devices = sorted({str(r.metrics.get("environment", {}).get("device")) for runs in collected.values() for r in runs if r.status == "done"})
+    commits = sorted({str(r.metrics.get("environment", {}).get("git_commit")) for runs in collected.values() for r in runs if r.status == "done"})
+    if devices:
+        lines.append(f"Device: {', '.join(devices)}. Code: {', '.join(commits)}.")
+    return lines
+
+
+VERDICT_WORDS = {"supported": "supported", "contradicted": "contradicted", "not shown": "not shown (the runs cannot tell)",
+                 "not tested": "not tested (a configuration it rests on has no comparable runs)"}
+
+
+def claim_lines(verdicts: list[dict], table: pd.DataFrame, baseline: str) -> list[str]:
+    """One line per claim of the study: our verdict and the comparisons it rests on."""
+    if not verdicts:
+        return []
+    study = dict(zip(table["Model"], table["Study test accuracy"]))
+    lines = [f"The study's claims, judged by paired comparisons with {baseline} on the same test images:", ""]
+    for verdict in verdicts:
+        evidence = "; ".join(
+            f"{c.name} minus {baseline}: {100 * c.difference:+.1f} points [{100 * c.low:+.1f}, {100 * c.high:+.1f}], "
+            f"Holm p = {c.holm_p_value:.3g}, {len(c.seeds)} seed{'s' if len(c.seeds) != 1 else ''}"
+            f" (the study reported {_percent(study.get(c.name))} against {_percent(study.get(baseline))})"
+            for c in verdict["evidence"] if c.difference is not None
+        ) or "; ".join(f"{c.name}: {c.problem}" for c in verdict["evidence"] if c.problem) or "no runs to compare"
+        lines.append(f"- *{verdict['claim']}* **{VERDICT_WORDS[verdict['verdict']].capitalize()}**: {evidence}.")
+    return lines
 
 
 def reference_table(table: pd.DataFrame) -> str:
@@ -279,22 +462,28 @@ def write_summary(
     demo: bool,
     update_readme: bool,
     fast: bool = False,
+    seeds: list[int] | None = None,
     readme: str | os.PathLike = README_FILE,
 ) -> dict[str, Path]:
-    """Write summary.csv, summary.md and the comparison graph; in real mode, optionally the README.
+    """Write summary.csv, runs.csv, summary.md and the comparison graph; in real mode, optionally the README.
 
-    ``fast``: the frozen-backbone experiment (run_all.py --fast), summarised without the study's
-    numbers and into the README's own section for it.
+    ``seeds``: the training seeds to summarise (default: every seed folder found). ``fast``: the
+    frozen-backbone experiment (run_all.py --fast), summarised without the study's numbers and into
+    the README's own section for it.
     """
     if demo and update_readme:
         raise ValueError("Demo results never go into the README: run the summary with update_readme=False.")
     results_dir, graph_dir = Path(results_dir), Path(graph_dir)
-    results = collect_results(results_dir, config, allow_demo=demo)
-    table = summary_table(results, config)
+    collected = collect_results(results_dir, config, allow_demo=demo, seeds=seeds)
+    baseline = config.get("baseline", next(iter(config["experiments"])))
+    comparisons = comparison.compare_with_baseline(collected, baseline)
+    verdicts = comparison.judge_claims(config.get("claims", []) if not fast else [], comparisons)
+    table = summary_table(collected, config, comparisons)
     title = ("Demo (synthetic data)" if demo else "MobileNet fine-tuning") if not fast else (
         "Demo (synthetic data), frozen backbone" if demo else "MobileNet with a frozen backbone")
     paths = {
         "csv": write_csv(results_dir / SUMMARY_CSV, table),
+        "runs": write_csv(results_dir / RUNS_CSV, runs_table(collected)),
         "graph": save_figure(comparison_figure(table, title, with_study=not fast), graph_dir / COMPARISON_GRAPH),
     }
     header = [f"# {title}", ""]
@@ -306,23 +495,40 @@ def write_summary(
         ]
     if demo:
         demo_config = config.get("demo", {})
+        changes = {**demo_config.get("overrides", {}), **(demo_config.get("fast_overrides", {}) if fast else {})}
         header += [
             "**Demo run on synthetic images: these numbers say nothing about chest X-rays.**",
             "",
             demo_config.get("description", ""),
             "",
-            "Demo overrides applied to every configuration: "
-            + ", ".join(f"`{k}={v}`" for k, v in demo_config.get("overrides", {}).items()),
+            "Demo settings applied to every configuration: "
+            + ", ".join(f"`{k}={v}`" for k, v in changes.items())
+            + (f"; every learning rate multiplied by {demo_config['learning_rate_factor']:g}"
+               if demo_config.get("learning_rate_factor", 1) != 1 else "")
+            + ".",
             "",
         ]
         if fast and demo_config.get("fast_description"):
             header += [demo_config["fast_description"], ""]
-    problems = [f"- {r.name}: {r.status}: {r.problem}" for r in results if r.status != "done"]
-    body = markdown_table(table, with_study=not fast) + ("\n\nWithout results:\n" + "\n".join(problems) if problems else "")
-    paths["markdown"] = write_atomic(results_dir / SUMMARY_MD, "\n".join(header) + "\n" + body + "\n")
+    effects = effect_lines(table)
+    if effects:
+        header += ["What each setting does, with the other two held at the first configuration's values (mean test accuracy):",
+                   "", *effects, ""]
+    majority = majority_share(collected)
+    if majority is not None:
+        header += [f"Always answering the commonest class would score {_percent(majority)} on the test split.", ""]
+    body = [*dataset_lines(collected), "", markdown_table(table, with_study=not fast, baseline=baseline), "", HOW_TO_READ]
+    claims = claim_lines(verdicts, table, baseline)
+    if claims:
+        body += ["", *claims]
+    problems = [f"- {r.name} {seed_folder(r.seed) if r.seed is not None else ''}: {r.status}: {r.problem}"
+                for runs in collected.values() for r in runs if r.status != "done"]
+    if problems:
+        body += ["", "Without results:", *problems]
+    paths["markdown"] = write_atomic(results_dir / SUMMARY_MD, "\n".join(header + body) + "\n")
     if update_readme:
         graph_link = os.path.relpath(paths["graph"], Path(readme).parent)
         markers = (FAST_RESULTS_START, FAST_RESULTS_END) if fast else (RESULTS_START, RESULTS_END)
-        if replace_readme_section(readme, readme_section(table, results, graph_link, fast=fast), markers):
+        if replace_readme_section(readme, readme_section(table, collected, body, graph_link, fast=fast), markers):
             paths["readme"] = Path(readme)
     return paths

@@ -21,17 +21,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from . import PROJECT_ROOT
+from . import PROJECT_ROOT, demo_backbone
 from .data import DatasetError, locate_dataset, scan_dataset, split_images
 from .demo import DEFAULT_DEMO_DIR, demo_dataset_complete, generate_demo_dataset, is_demo_dataset
 from .files import StorageError, ensure_writable
 from .params import EXPERIMENT_NOTEBOOK, ParameterError, check_parameters, notebook_defaults, resolve_path
-from .runs import BACKUP_FOLDER, KERNEL_LOG, METRICS_FILE, PREVIOUS_METRICS_FILE, remove_backup
+from .runs import BACKUP_FOLDER, KERNEL_LOG, METRICS_FILE, PREVIOUS_METRICS_FILE, remove_backup, run_dir, seed_folder
 from .summary import experiment_parameters, format_duration, read_result
 from .weights import ensure_weights_available
 
 SUMMARY_NOTEBOOK = PROJECT_ROOT / "notebooks" / "summary.ipynb"
-SET_BY_THE_SWEEP = {"experiment": "--only", "results_dir": "--results-dir", "graph_dir": "--graph-dir", "fast": "--fast"}
+SET_BY_THE_SWEEP = {"experiment": "--only", "results_dir": "--results-dir", "graph_dir": "--graph-dir", "fast": "--fast",
+                    "seed": "--seeds or --seed-values"}
 FAST_OVERRIDES = {"train_base": False, "fast": True}  # --fast: frozen backbone, head trained on cached features
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -50,6 +51,8 @@ class Mode:
     data_dir: str | None
     overrides: dict = field(default_factory=dict)
     fast: bool = False  # the frozen-backbone experiment (run_all.py --fast), reported on its own
+    learning_rate_factor: float = 1.0  # the demo's one factor on every configuration's learning rate
+    backbone: dict | None = None  # the demo: pretraining settings of its stand-in for ImageNet weights
 
     @property
     def demo(self) -> bool:
@@ -72,13 +75,17 @@ def make_mode(config: dict, *, demo: bool, fast: bool = False, results_dir=None,
     fast_folder = "/fast" if fast else ""
     overrides = dict(FAST_OVERRIDES) if fast else {}
     if demo:
+        demo_config = config.get("demo", {})
+        fast_overrides = demo_config.get("fast_overrides", {}) if fast else {}
         return Mode(
             "demo",
             given(results_dir) or f"results/demo{fast_folder}",
             given(graph_dir) or f"Graph/demo{fast_folder}",
             given(data_dir) or os.path.relpath(DEFAULT_DEMO_DIR, PROJECT_ROOT),
-            {**config.get("demo", {}).get("overrides", {}), **overrides},
+            {**demo_config.get("overrides", {}), **fast_overrides, **overrides},
             fast,
+            demo_config.get("learning_rate_factor", 1.0),
+            demo_config.get("backbone"),
         )
     return Mode(
         "real", given(results_dir) or f"results{fast_folder}", given(graph_dir) or f"Graph{fast_folder}",
@@ -88,13 +95,25 @@ def make_mode(config: dict, *, demo: bool, fast: bool = False, results_dir=None,
 
 @dataclass
 class Job:
-    name: str
+    """One run: a configuration trained with one seed, in ``<results_dir>/<experiment>/seed-<seed>/``."""
+
     params: dict
-    executed_notebook: Path
+
+    @property
+    def experiment(self) -> str:
+        return self.params["experiment"]
+
+    @property
+    def name(self) -> str:
+        return f"{self.experiment}/{seed_folder(self.params['seed'])}"
 
     @property
     def run_dir(self) -> Path:
-        return resolve_path(self.params["results_dir"]) / self.name
+        return run_dir(self.params)
+
+    @property
+    def executed_notebook(self) -> Path:
+        return self.run_dir / f"{self.experiment}.ipynb"
 
 
 @dataclass
@@ -133,41 +152,81 @@ def select(config: dict, only: list[str] | None) -> list[str]:
     return [name for name in names if name in wanted]
 
 
-def plan(config: dict, names: list[str], mode: Mode, cli_overrides: dict) -> list[Job]:
-    """Every job's full, checked parameters; a bad value anywhere stops the sweep before it starts."""
+def training_seeds(count: int | None, values: list[int] | None, default: int) -> list[int]:
+    """The sweep's training seeds: ``values`` as given, else ``count`` seeds from the notebook's ``seed`` on."""
+    if values:
+        if len(set(values)) != len(values) or min(values) < 0:
+            raise ParameterError(f"--seed-values {','.join(map(str, values))}: seeds must be distinct integers >= 0")
+        return list(values)
+    if count is not None and count < 1:
+        raise ParameterError(f"--seeds {count}: give at least 1")
+    return [default + i for i in range(count or 1)]
+
+
+def plan(config: dict, names: list[str], mode: Mode, cli_overrides: dict, seeds: list[int] | None = None) -> list[Job]:
+    """Every job's full, checked parameters, one job per configuration and training seed; a bad value
+    anywhere stops the sweep before it starts. The split's seed is the same for every training seed."""
     defaults = notebook_defaults()
     jobs = []
     for name in names:
-        settings = experiment_parameters(config["experiments"][name])
-        params = {
-            **defaults,
-            **settings,
-            **mode.overrides,
-            **cli_overrides,
-            "experiment": name,
-            "results_dir": mode.results_dir,
-            "graph_dir": mode.graph_dir,
-        }
-        if mode.data_dir is not None and "data_dir" not in cli_overrides:
-            params["data_dir"] = mode.data_dir
-        try:
-            params = check_parameters(params)
-        except ParameterError as exc:
-            raise ParameterError(f"Experiment {name}: {exc} (settings from experiments.json, the mode and the command line)") from None
-        jobs.append(Job(name, params, resolve_path(mode.results_dir) / name / f"{name}.ipynb"))
+        for seed in seeds or [defaults["seed"]]:
+            jobs.append(_plan_one(config, name, seed, defaults, mode, cli_overrides))
     return jobs
 
 
-def prepare_demo_data(mode: Mode, config: dict, say: Callable[[str], None] = print) -> None:
-    """Generate the demo set when it is absent (or was left half-written)."""
+def _plan_one(config: dict, name: str, seed: int, defaults: dict, mode: Mode, cli_overrides: dict) -> Job:
+    settings = experiment_parameters(config["experiments"][name])
+    if "learning_rate" in settings and mode.learning_rate_factor != 1:
+        settings["learning_rate"] = scaled_learning_rate(settings["learning_rate"], mode.learning_rate_factor)
+    params = {
+        **defaults,
+        **settings,
+        **mode.overrides,
+        **cli_overrides,
+        "experiment": name,
+        "seed": seed,
+        "results_dir": mode.results_dir,
+        "graph_dir": mode.graph_dir,
+    }
+    if mode.data_dir is not None and "data_dir" not in cli_overrides:
+        params["data_dir"] = mode.data_dir
+    # The demo's pretrained backbone is made after this check (prepare_demo_data), so its file
+    # may not exist yet: the check sees no weights, the run gets the file's path.
+    pending_backbone = mode.backbone is not None and "weights" not in cli_overrides
+    if pending_backbone:
+        params["weights"] = None
+    try:
+        params = check_parameters(params)
+    except ParameterError as exc:
+        raise ParameterError(f"Experiment {name}: {exc} (settings from experiments.json, the mode and the command line)") from None
+    if pending_backbone:
+        params["weights"] = str(demo_backbone.weights_path(mode.backbone, params["image_size"]))
+    return Job(params)
+
+
+def scaled_learning_rate(learning_rate: float, factor: float) -> float:
+    """``learning_rate * factor`` without binary noise in the record (1e-5 * 10 is 1e-4, not 0.00010000000000000002)."""
+    return float(f"{learning_rate * factor:.10g}")
+
+
+def prepare_demo_data(mode: Mode, config: dict, jobs: list[Job], say: Callable[[str], None] = print) -> None:
+    """Generate the demo set when it is absent (or was left half-written), and pretrain the demo
+    backbone for every image size the jobs load it at, when it is not cached yet."""
     root = resolve_path(mode.data_dir)
     demo_config = config.get("demo", {})
     images = demo_config.get("images")
     expected = images if root == DEFAULT_DEMO_DIR else None  # a set the user pointed at is used as it is
-    if demo_dataset_complete(root, expected):
+    if not demo_dataset_complete(root, expected):
+        say(f"Generating the demo data set ({images} images) in {root}")
+        generate_demo_dataset(root, images=images, seed=demo_config.get("seed", 0))
+    if mode.backbone is None:
         return
-    say(f"Generating the demo data set ({images} images) in {root}")
-    generate_demo_dataset(root, images=images, seed=demo_config.get("seed", 0))
+    for image_size in sorted({job.params["image_size"] for job in jobs}):
+        if str(demo_backbone.weights_path(mode.backbone, image_size)) in {job.params["weights"] for job in jobs}:
+            try:
+                demo_backbone.ensure_backbone(mode.backbone, image_size, say=say)
+            except demo_backbone.BackboneError as exc:
+                raise SweepError(str(exc)) from None
 
 
 def preflight(jobs: list[Job], mode: Mode, say: Callable[[str], None] = print) -> None:
@@ -184,7 +243,7 @@ def preflight(jobs: list[Job], mode: Mode, say: Callable[[str], None] = print) -
                 say(f"Checking every image under {root}")
                 indexes[data_dir, params["strict_data"]] = scan_dataset(root, strict=params["strict_data"])
             index = indexes[data_dir, params["strict_data"]]
-            split_images(index.images, val_fraction=params["val_fraction"], test_fraction=params["test_fraction"], seed=params["seed"])
+            split_images(index.images, val_fraction=params["val_fraction"], test_fraction=params["test_fraction"], seed=params["split_seed"])
         except DatasetError as exc:
             raise SweepError(f"Experiment {job.name}: {exc}") from None
     for weights, image_size in sorted({(str(job.params["weights"]), job.params["image_size"]) for job in jobs}):
@@ -203,7 +262,7 @@ def previous_run(job: Job) -> tuple[bool, str]:
         if (job.run_dir / BACKUP_FOLDER).exists():
             return False, "interrupted earlier; resuming from its backup"
         return False, "not run yet"
-    result = read_result(job.run_dir.parent, job.name)
+    result = read_result(job.run_dir)
     if result.status != "done":
         return False, f"{result.problem}; running it again"
     before = result.metrics.get("params", {})
@@ -258,7 +317,7 @@ def execute(job: Job, kernel: str, progress_bar: bool | dict = False) -> Outcome
         detail = f"{type(exc).__name__}: {exc}"
         return Outcome(job.name, "failed", time.perf_counter() - start, detail, job.executed_notebook)
     accuracy = metrics_accuracy(job)
-    detail = "" if accuracy is not None else read_result(job.run_dir.parent, job.name).problem
+    detail = "" if accuracy is not None else read_result(job.run_dir).problem
     status = "ran" if accuracy is not None else "failed"
     return Outcome(job.name, status, time.perf_counter() - start, detail, job.executed_notebook, accuracy)
 
@@ -317,15 +376,15 @@ def run_jobs(
     return outcomes  # in completion order; run_all.py sorts the closing table
 
 
-def run_summary(mode: Mode, config_file: Path, kernel: str) -> Outcome:
-    """The summary notebook over the mode's results folder."""
+def run_summary(mode: Mode, config_file: Path, kernel: str, seeds: list[int] | None = None) -> Outcome:
+    """The summary notebook over the mode's results folder (the runs of ``seeds``; default: every seed found)."""
     import papermill
 
     start = time.perf_counter()
     executed = resolve_path(mode.results_dir) / "summary.ipynb"
     parameters = {
         "results_dir": mode.results_dir, "graph_dir": mode.graph_dir, "config_file": str(config_file),
-        "demo": mode.demo, "fast": mode.fast, "update_readme": not mode.demo,
+        "demo": mode.demo, "fast": mode.fast, "update_readme": not mode.demo, "seeds": seeds,
     }
     try:
         papermill.execute_notebook(
@@ -340,15 +399,15 @@ def run_summary(mode: Mode, config_file: Path, kernel: str) -> Outcome:
 
 def closing_table(outcomes: list[Outcome]) -> str:
     """A plain-text table of what happened to every experiment, with times."""
-    lines = [f"{'experiment':<16} {'status':<8} {'time':>8}  {'test acc':>8}  note"]
+    lines = [f"{'run':<24} {'status':<8} {'time':>8}  {'test acc':>8}  note"]
     for outcome in outcomes:
         accuracy = "" if outcome.test_accuracy is None else f"{outcome.test_accuracy:.4f}"
         lines.append(
-            f"{outcome.name:<16} {outcome.status:<8} {format_duration(outcome.seconds):>8}  {accuracy:>8}  {outcome.detail}"
+            f"{outcome.name:<24} {outcome.status:<8} {format_duration(outcome.seconds):>8}  {accuracy:>8}  {outcome.detail}"
         )
     return "\n".join(lines)
 
 
 def metrics_accuracy(job: Job) -> float | None:
-    result = read_result(job.run_dir.parent, job.name)
+    result = read_result(job.run_dir)
     return result.metrics["test"]["accuracy"] if result.status == "done" else None

@@ -18,7 +18,7 @@ import tensorflow as tf
 
 from .files import file_sha256, write_atomic
 from .pipeline import SplitPipelines
-from .runs import backup_dir
+from .runs import TENSORBOARD_FOLDER, backup_dir
 
 HISTORY_COLUMNS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "epoch_seconds"]
 
@@ -119,6 +119,8 @@ def fit(model: keras.Model, pipelines: SplitPipelines, *, epochs: int, run_dir: 
         keras.callbacks.CSVLogger(str(log), append=True),
         keras.callbacks.BackupAndRestore(str(keras_backup), double_checkpoint=True, delete_checkpoint=False),
         BackupSeal(keras_backup, seal, random_states),
+        # per-epoch scalars for `tensorboard --logdir results`, which compares every run side by side
+        keras.callbacks.TensorBoard(str(Path(run_dir) / TENSORBOARD_FOLDER), write_graph=False, update_freq="epoch"),
     ]
     model.fit(
         pipelines.training_epochs(first_epoch, epochs),

@@ -2,10 +2,13 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import json
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -60,7 +63,25 @@ ONLY_SWEPT = ["--only", ",".join(SWEPT)]
 TINY = ["--image-size", "32", "--epochs", "2", "--set", "batch_size=32"]  # a sweep of seconds per experiment
 
 
+# The demo's backbone, pretrained on a few pictures for one epoch: the sweeps of the tests check the
+# mechanics, not accuracy (tests/test_demo_backbone.py covers the backbone itself).
+TEST_BACKBONE = {"images": 96, "epochs": 1, "batch_size": 32, "learning_rate": 0.003, "seed": 0}
+
+
+@cache
+def tiny_backbone_config() -> Path:
+    """experiments.json with TEST_BACKBONE as the demo's backbone, in a folder of its own."""
+    config = json.loads((PROJECT / "experiments.json").read_text())
+    config["demo"]["backbone"] = TEST_BACKBONE
+    path = Path(tempfile.mkdtemp(prefix="covid-mobilenet-config-")) / "experiments.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
 def run_all(*args, timeout=600, **kwargs) -> subprocess.CompletedProcess:
+    """run_all.py in a subprocess; a --demo sweep without its own --config gets tiny_backbone_config()."""
+    if "--demo" in args and "--config" not in args:
+        args = (*args, "--config", str(tiny_backbone_config()))
     return subprocess.run(
         [sys.executable, "run_all.py", *args], cwd=PROJECT, capture_output=True, text=True, timeout=timeout, **kwargs
     )

@@ -1,6 +1,9 @@
 """The experiment notebook, run through papermill on tiny generated data."""
 import json
+import re
 import socket
+import sys
+import types
 import time
 from pathlib import Path
 
@@ -14,7 +17,7 @@ from covid_mobilenet.data import scan_dataset, split_hash, split_images
 from covid_mobilenet.model import build_backbone
 from covid_mobilenet.weights import KERAS_WEIGHTS_URL
 from covid_mobilenet.params import EXPERIMENT_NOTEBOOK
-from tests.conftest import tiny_params
+from tests.conftest import PROJECT, tiny_params
 
 
 def run_notebook(output: Path, **parameters) -> nbformat.NotebookNode:
@@ -35,11 +38,11 @@ def finished_run(tiny_root, tmp_path_factory):
 
 def test_a_run_writes_every_output(finished_run):
     folder, params = finished_run
-    run = folder / "results" / "mn_resultset3"
+    run = folder / "results" / "mn_resultset3" / "seed-42"
     assert (run / "metrics.json").is_file()
     assert (run / "history.csv").is_file()
     assert (run / "confusion_matrix.png").stat().st_size > 1000
-    assert (folder / "Graph" / "3.png").stat().st_size > 1000  # named by the trailing number, like the study's
+    assert (folder / "Graph" / "3-seed-42.png").stat().st_size > 1000  # named by the trailing number, like the study's
     assert not (run / "backup").exists(), "the backup is removed once the run is complete"
     assert not list(run.glob(".*.tmp"))
     executed = nbformat.read(folder / "executed.ipynb", as_version=4)
@@ -48,7 +51,7 @@ def test_a_run_writes_every_output(finished_run):
 
 def test_metrics_are_complete_and_consistent(finished_run, tiny_root):
     folder, params = finished_run
-    metrics = json.loads((folder / "results" / "mn_resultset3" / "metrics.json").read_text())
+    metrics = json.loads((folder / "results" / "mn_resultset3" / "seed-42" / "metrics.json").read_text())
     for key in ("experiment", "params", "dataset", "train", "val", "test", "train_seconds", "seconds_per_epoch",
                 "images_per_second", "epochs_run", "environment"):
         assert key in metrics, key
@@ -74,7 +77,7 @@ def test_metrics_are_complete_and_consistent(finished_run, tiny_root):
     for subset in ("train", "val"):
         assert {"loss", "accuracy", "last_epoch"} <= set(metrics[subset])
 
-    history = pd.read_csv(folder / "results" / "mn_resultset3" / "history.csv")
+    history = pd.read_csv(folder / "results" / "mn_resultset3" / "seed-42" / "history.csv")
     assert list(history.columns) == ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "epoch_seconds"]
     assert history["epoch"].tolist() == [1, 2, 3] and metrics["epochs_run"] == 3
     assert isinstance(metrics["train_seconds"], float)
@@ -87,7 +90,7 @@ def test_metrics_are_complete_and_consistent(finished_run, tiny_root):
 
 def test_the_split_is_the_same_in_another_process(finished_run, tiny_root):
     folder, params = finished_run
-    metrics = json.loads((folder / "results" / "mn_resultset3" / "metrics.json").read_text())
+    metrics = json.loads((folder / "results" / "mn_resultset3" / "seed-42" / "metrics.json").read_text())
     here = split_images(scan_dataset(tiny_root).images, val_fraction=params.get("val_fraction", 0.16),
                         test_fraction=params.get("test_fraction", 0.2), seed=42)
     assert metrics["params"]["seed"] == 42
@@ -128,3 +131,17 @@ def test_imagenet_weights_without_network_stop_in_the_first_cells(tmp_path, monk
     assert "mobilenet_1_0_224_tf_no_top.h5" in failure.value.evalue and "weights=None" in failure.value.evalue
     assert "steps.check(globals())" in failure.value.source
     assert elapsed < 30, elapsed
+
+
+def test_the_colab_setup_cell_takes_the_project_address_from_the_environment_only(tmp_path, monkeypatch):
+    notebook = json.loads((PROJECT / "notebooks" / "mobilenet_finetune.ipynb").read_text())
+    setup = "".join(next(cell for cell in notebook["cells"] if cell["cell_type"] == "code")["source"])
+    assert "COVID_MOBILENET_REPOSITORY" in setup and not re.search(r"[\"']https?://", setup), "no address in the code"
+    monkeypatch.chdir(tmp_path)  # no checkout here
+    monkeypatch.delenv("COVID_MOBILENET_REPOSITORY", raising=False)
+    monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
+    with pytest.raises(RuntimeError, match="set COVID_MOBILENET_REPOSITORY to the git address of your copy"):
+        exec(compile(setup, "setup cell", "exec"), {})
+    # Nothing else claims an address for the project that may not resolve.
+    for path in [PROJECT / "README.md", *(PROJECT / "notebooks").glob("*.ipynb")]:
+        assert "github.com/covid-mobilenet" not in path.read_text(), path

@@ -48,20 +48,20 @@ def test_an_unreadable_configuration_file_is_named(tmp_path):
 
 def test_a_truncated_metrics_file_is_reported_and_its_experiment_reruns(demo_sweep, tiny_root):
     tmp = demo_sweep[0]
-    metrics_file = tmp / "results" / "mn_resultset4" / "metrics.json"
+    metrics_file = tmp / "results" / "mn_resultset4" / "seed-42" / "metrics.json"
     before = json.loads(metrics_file.read_text())
     metrics_file.write_text(metrics_file.read_text()[:200])  # as if the machine died mid-write without atomic writes
     # (mn_resultset5 is left out: another test of the shared sweep reruns it with other epochs)
     chosen = ["mn_resultset1", "mn_resultset2", "mn_resultset4"]
-    others = {n: (tmp / "results" / n / "metrics.json").stat().st_mtime_ns for n in chosen if n != "mn_resultset4"}
+    others = {n: (tmp / "results" / n / "seed-42" / "metrics.json").stat().st_mtime_ns for n in chosen if n != "mn_resultset4"}
 
     result = run_all("--demo", *folders(tmp, tiny_root), "--image-size", "32", "--epochs", "2", "--set", "batch_size=32",
                      "--only", ",".join(chosen))
     assert result.returncode == 0, result.stderr
-    assert "mn_resultset4:" in result.stdout and "is unreadable" in result.stdout and "running it again" in result.stdout
+    assert "mn_resultset4/seed-42:" in result.stdout and "is unreadable" in result.stdout and "running it again" in result.stdout
     after = json.loads(metrics_file.read_text())
     assert after["test"] == before["test"], "rerun with the same seed gives the same numbers"
-    assert others == {n: (tmp / "results" / n / "metrics.json").stat().st_mtime_ns for n in others}
+    assert others == {n: (tmp / "results" / n / "seed-42" / "metrics.json").stat().st_mtime_ns for n in others}
 
 
 # ------------------------------------------------------------- crashes while writing

@@ -15,7 +15,7 @@ from covid_mobilenet import summary
 from covid_mobilenet.params import RULES
 from covid_mobilenet.summary import format_duration
 
-from tests.conftest import NAMES, ONLY_SWEPT, PROJECT, README, SWEPT, TINY, folders, run_all
+from tests.conftest import NAMES, ONLY_SWEPT, PROJECT, README, SWEPT, TINY, folders, run_all, tiny_backbone_config
 
 
 def test_demo_sweep_leaves_every_output(demo_sweep):
@@ -23,15 +23,15 @@ def test_demo_sweep_leaves_every_output(demo_sweep):
     assert first.returncode == 0, first.stdout + first.stderr
     results, graphs = tmp / "results", tmp / "Graph"
     for name in SWEPT:
-        assert (results / name / f"{name}.ipynb").is_file()
-        assert (results / name / "metrics.json").is_file()
-        assert (graphs / f"{name[-1]}.png").is_file()
+        assert (results / name / "seed-42" / f"{name}.ipynb").is_file()
+        assert (results / name / "seed-42" / "metrics.json").is_file()
+        assert (graphs / f"{name[-1]}-seed-42.png").is_file()
     assert (graphs / "The_result_of_MobileNet_fine_tuning.png").is_file()
     assert (results / "summary.csv").is_file() and (results / "summary.md").is_file()
     assert (results / "summary.ipynb").is_file()
     assert "Demo run on synthetic images" in (results / "summary.md").read_text()
     assert README.read_bytes() == readme_before, "demo mode never touches the README"
-    assert "experiment" in first.stdout and "total" in first.stdout
+    assert all(f"{name}/seed-42" in first.stdout for name in SWEPT) and "total" in first.stdout
 
 
 def test_table_numbers_come_from_metrics(demo_sweep):
@@ -41,12 +41,14 @@ def test_table_numbers_come_from_metrics(demo_sweep):
     assert table.loc[table["Status"] == "done", "Model"].tolist() == SWEPT
     assert set(table.loc[table["Status"] != "done", "Status"]) == {"missing"}
     for row in table[table["Status"] == "done"].to_dict("records"):
-        metrics = json.loads((tmp / "results" / row["Model"] / "metrics.json").read_text())
+        metrics = json.loads((tmp / "results" / row["Model"] / "seed-42" / "metrics.json").read_text())
         assert row["Test accuracy"] == metrics["test"]["accuracy"]
         assert row["Training time"] == format_duration(metrics["train_seconds"])
         assert row["Training seconds"] == metrics["train_seconds"]
         assert row["Epochs"] == metrics["epochs_run"] == 2
-        assert metrics["params"]["learning_rate"] == 1e-3  # the demo override, from experiments.json
+        study = summary.load_config()["experiments"][row["Model"]]["learning_rate"]
+        assert metrics["params"]["learning_rate"] == pytest.approx(study * 10)  # the demo's learning_rate_factor
+        assert "/cache/demo_backbone/mobilenet_32px_" in metrics["params"]["weights"]
         assert row["Study test accuracy"] == summary.load_config()["experiments"][row["Model"]]["reference"]["test_accuracy"]
     hidden = dict(zip(table["Model"], table["Hidden Layer"]))
     assert hidden["mn_resultset4"] == 2 and hidden["mn_resultset5"] == 3
@@ -54,13 +56,13 @@ def test_table_numbers_come_from_metrics(demo_sweep):
 
 def test_second_run_trains_nothing(demo_sweep, tiny_root):
     tmp = demo_sweep[0]
-    stamps = {name: (tmp / "results" / name / "metrics.json").stat().st_mtime_ns for name in SWEPT}
+    stamps = {name: (tmp / "results" / name / "seed-42" / "metrics.json").stat().st_mtime_ns for name in SWEPT}
     started = time.perf_counter()
     second = run_all("--demo", *folders(tmp, tiny_root), *TINY, *ONLY_SWEPT)
     assert second.returncode == 0, second.stderr
     assert time.perf_counter() - started < 60
     assert second.stdout.count("skipped") >= len(SWEPT)
-    assert stamps == {name: (tmp / "results" / name / "metrics.json").stat().st_mtime_ns for name in SWEPT}
+    assert stamps == {name: (tmp / "results" / name / "seed-42" / "metrics.json").stat().st_mtime_ns for name in SWEPT}
 
 
 def test_changed_parameters_rerun_and_keep_the_old_result(demo_sweep, tiny_root):
@@ -68,7 +70,7 @@ def test_changed_parameters_rerun_and_keep_the_old_result(demo_sweep, tiny_root)
     rerun = run_all("--demo", *folders(tmp, tiny_root), *TINY[:2], "--epochs", "3", "--set", "batch_size=32", "--only", "mn_resultset5")
     assert rerun.returncode == 0, rerun.stderr
     assert "parameters changed (epochs 2 -> 3)" in rerun.stdout
-    folder = tmp / "results" / "mn_resultset5"
+    folder = tmp / "results" / "mn_resultset5" / "seed-42"
     assert json.loads((folder / "metrics.json").read_text())["epochs_run"] == 3
     assert json.loads((folder / "metrics.previous.json").read_text())["epochs_run"] == 2
 
@@ -78,7 +80,7 @@ def test_a_failing_configuration_is_reported_the_others_complete_and_no_credenti
     wrong = tmp_path / "wrong.weights.h5"
     keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)]).save_weights(wrong)
     config = summary.load_config()
-    config["demo"]["overrides"].pop("weights")  # so that the experiment's own weights count
+    config["demo"].pop("backbone")  # so that the experiment's own weights count
     config["experiments"] = {
         "mn_resultset1": {**config["experiments"]["mn_resultset1"], "weights": None},
         "mn_resultset2": {**config["experiments"]["mn_resultset2"], "weights": str(wrong)},
@@ -88,9 +90,9 @@ def test_a_failing_configuration_is_reported_the_others_complete_and_no_credenti
     secrets = {"KAGGLE_USERNAME": "leaky-user-5f2c9a", "KAGGLE_KEY": "0123456789abcdef-fake-key-7d41"}
     result = run_all("--demo", "--config", str(config_file), *folders(tmp_path, tiny_root), *TINY, env={**os.environ, **secrets})
     assert result.returncode == 1
-    notebook = tmp_path / "results" / "mn_resultset2" / "mn_resultset2.ipynb"
+    notebook = tmp_path / "results" / "mn_resultset2" / "seed-42" / "mn_resultset2.ipynb"
     assert "1 failed" in result.stderr and str(notebook) in result.stderr and "WeightsError" in result.stderr
-    assert (tmp_path / "results" / "mn_resultset1" / "metrics.json").is_file()
+    assert (tmp_path / "results" / "mn_resultset1" / "seed-42" / "metrics.json").is_file()
     table = pd.read_csv(tmp_path / "results" / "summary.csv")
     assert table.set_index("Model").loc["mn_resultset2", "Status"] == "failed"
 
@@ -116,9 +118,10 @@ def comparable(metrics: dict) -> dict:
 
 def test_killed_mid_training_resumes_and_ends_as_an_uninterrupted_sweep(demo_sweep, tmp_path, tiny_root):
     # (That finished experiments are skipped on a rerun is test_second_run_trains_nothing.)
-    args = [sys.executable, "run_all.py", "--demo", *folders(tmp_path, tiny_root), *TINY, "--only", "mn_resultset2"]
+    args = [sys.executable, "run_all.py", "--demo", *folders(tmp_path, tiny_root), *TINY, "--only", "mn_resultset2",
+            "--config", str(tiny_backbone_config())]
     process = subprocess.Popen(args, cwd=PROJECT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    run = tmp_path / "results" / "mn_resultset2"
+    run = tmp_path / "results" / "mn_resultset2" / "seed-42"
     first_epoch_saved = run / "backup" / "keras" / "training_metadata.json"
     deadline = time.monotonic() + 300
     while not first_epoch_saved.exists() and time.monotonic() < deadline and process.poll() is None:
@@ -130,12 +133,12 @@ def test_killed_mid_training_resumes_and_ends_as_an_uninterrupted_sweep(demo_swe
 
     again = run_all(*args[2:])
     assert again.returncode == 0, again.stderr
-    assert "mn_resultset2: interrupted earlier; resuming from its backup" in again.stdout
+    assert "mn_resultset2/seed-42: interrupted earlier; resuming from its backup" in again.stdout
     assert not (run / "backup").exists()
 
     # Same seed, same numbers: the interrupted-and-resumed run equals the uninterrupted one.
     resumed = json.loads((run / "metrics.json").read_text())
-    uninterrupted = json.loads((demo_sweep[0] / "results" / "mn_resultset2" / "metrics.json").read_text())
+    uninterrupted = json.loads((demo_sweep[0] / "results" / "mn_resultset2" / "seed-42" / "metrics.json").read_text())
     assert comparable(resumed) == comparable(uninterrupted)
     columns = ["Model", "Test accuracy", "Macro F1", "COVID sensitivity", "Epochs"]
     resumed_row = pd.read_csv(tmp_path / "results" / "summary.csv")[columns].iloc[[1]]
@@ -159,10 +162,11 @@ def test_summary_on_partial_results(demo_sweep, tmp_path):
     results = tmp_path / "results"
     results.mkdir()
     shutil.copytree(source / "mn_resultset1", results / "mn_resultset1")
-    (results / "mn_resultset2").mkdir()
-    (results / "mn_resultset2" / "metrics.json").write_text('{"experiment": "mn_resul')  # cut off mid-write
-    (results / "mn_resultset3").mkdir()
-    shutil.copy(source / "mn_resultset2" / "mn_resultset2.ipynb", results / "mn_resultset3" / "mn_resultset3.ipynb")  # ran, no metrics
+    (results / "mn_resultset2" / "seed-42").mkdir(parents=True)
+    (results / "mn_resultset2" / "seed-42" / "metrics.json").write_text('{"experiment": "mn_resul')  # cut off mid-write
+    (results / "mn_resultset3" / "seed-42").mkdir(parents=True)
+    shutil.copy(source / "mn_resultset2" / "seed-42" / "mn_resultset2.ipynb",
+                results / "mn_resultset3" / "seed-42" / "mn_resultset3.ipynb")  # ran, no metrics
     config = summary.load_config()
 
     paths = summary.write_summary(results, tmp_path / "Graph", config=config, demo=True, update_readme=False)
@@ -187,7 +191,7 @@ def test_summary_on_partial_results(demo_sweep, tmp_path):
 def test_real_results_fill_the_readme(demo_sweep, tmp_path):
     results = tmp_path / "results"
     shutil.copytree(demo_sweep[0] / "results" / "mn_resultset1", results / "mn_resultset1")
-    metrics_file = results / "mn_resultset1" / "metrics.json"
+    metrics_file = results / "mn_resultset1" / "seed-42" / "metrics.json"
     metrics = json.loads(metrics_file.read_text())
     metrics["dataset"]["demo"] = False  # as a run on the real data would record
     metrics_file.write_text(json.dumps(metrics))
@@ -197,6 +201,9 @@ def test_real_results_fill_the_readme(demo_sweep, tmp_path):
     text = readme.read_text()
     assert "1 of 7 configurations" in text
     assert f"{100 * metrics['test']['accuracy']:.2f}%" in text
+    # the data it ran on is named: folder, images per class, split hash, and that it is not the full release
+    assert metrics["dataset"]["root"] in text and metrics["dataset"]["split_sha256"][:12] in text
+    assert "not the full Kaggle release" in text and "COVID " in text
     assert "Graph/The_result_of_MobileNet_fine_tuning.png" in text
 
 
@@ -208,7 +215,7 @@ def test_fast_sweep_runs_the_backbone_once_for_all_configurations(tiny_root, tmp
                    "--set", f"feature_dir={tmp_path / 'features'}", env=two_gpus)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "frozen-backbone (fast) sweep" in done.stdout
-    metrics = {name: json.loads((tmp_path / "results" / name / "metrics.json").read_text()) for name in chosen}
+    metrics = {name: json.loads((tmp_path / "results" / name / "seed-42" / "metrics.json").read_text()) for name in chosen}
     # two notebooks start at once: one computes the features, the other waits for them and reads
     assert sorted(m["features"]["computed_here"] for m in metrics.values()) == [False, True]
     assert {m["features"]["cache"] for m in metrics.values()} == {entry.name for entry in (tmp_path / "features").iterdir() if entry.is_dir()}
@@ -235,8 +242,59 @@ def test_fast_results_have_their_own_folders_and_cannot_be_set_by_hand():
 def test_fast_readme_section_has_its_own_markers(tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text(README.read_text())
-    section = summary.readme_section(summary.summary_table([], summary.load_config()), [], "g.png", fast=True)
+    section = summary.readme_section(summary.summary_table({}, summary.load_config()), {}, [], "g.png", fast=True)
     assert summary.replace_readme_section(readme, section + "\nchanged", (summary.FAST_RESULTS_START, summary.FAST_RESULTS_END))
     text = readme.read_text()
     assert "changed" in text.split(summary.FAST_RESULTS_START)[1].split(summary.FAST_RESULTS_END)[0]
     assert text.split(summary.RESULTS_START)[1].split(summary.RESULTS_END)[0] == README.read_text().split(summary.RESULTS_START)[1].split(summary.RESULTS_END)[0]
+
+
+def test_seeds_share_the_split_and_the_summary_reports_their_uncertainty(tmp_path, tiny_root):
+    chosen = ["mn_resultset1", "mn_resultset2"]
+    args = ["--demo", *folders(tmp_path, tiny_root), *TINY, "--only", ",".join(chosen), "--seeds", "2"]
+    first = run_all(*args)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "4 runs (2 configurations x 2 seeds)" in first.stdout
+    results = tmp_path / "results"
+    metrics = {(name, seed): json.loads((results / name / f"seed-{seed}" / "metrics.json").read_text())
+               for name in chosen for seed in (42, 43)}
+    assert {m["dataset"]["split_sha256"] for m in metrics.values()} == {metrics["mn_resultset1", 42]["dataset"]["split_sha256"]}
+    assert {m["params"]["split_seed"] for m in metrics.values()} == {42}
+    assert {(name, m["params"]["seed"]) for (name, _), m in metrics.items()} == set(metrics)
+    for (name, seed), m in metrics.items():
+        predictions = pd.read_csv(results / name / f"seed-{seed}" / m["predictions_file"])
+        test = predictions[predictions["split"] == "test"]
+        assert len(test) == sum(m["dataset"]["counts"]["test"].values())
+        assert (test["true"] == test["predicted"]).mean() == pytest.approx(m["test"]["accuracy"])
+        assert m["test"]["intervals"]["accuracy"]["low"] <= m["test"]["accuracy"] <= m["test"]["intervals"]["accuracy"]["high"]
+        assert (results / name / f"seed-{seed}" / "tensorboard" / "hparams").is_dir()
+        assert (tmp_path / "Graph" / f"{name[-1]}-seed-{seed}.png").is_file()
+
+    table = pd.read_csv(results / "summary.csv").set_index("Model")
+    row = table.loc["mn_resultset2"]
+    accuracies = [metrics["mn_resultset2", seed]["test"]["accuracy"] for seed in (42, 43)]
+    assert row["Seeds"] == 2 and row["Test accuracy"] == pytest.approx(sum(accuracies) / 2)
+    assert "t-interval over 2 seeds" in row["Interval"] and row["Accuracy CI low"] <= row["Test accuracy"] <= row["Accuracy CI high"]
+    assert pd.notna(row["Difference"]) and pd.notna(row["McNemar p"]) and pd.notna(row["Holm p"])
+    assert len(pd.read_csv(results / "runs.csv").dropna(subset=["Test accuracy"])) == 4
+    text = (results / "summary.md").read_text()
+    assert "vs mn_resultset1 (points)" in text and "How to read it" in text
+    assert "The study's claims" in text and "A larger dense layer (16 units) is better than 8." in text
+
+    # a run lost midway is the only one that runs again
+    (results / "mn_resultset2" / "seed-43" / "metrics.json").unlink()
+    stamps = {key: (results / key[0] / f"seed-{key[1]}" / "metrics.json").stat().st_mtime_ns
+              for key in metrics if key != ("mn_resultset2", 43)}
+    again = run_all(*args)
+    assert again.returncode == 0, again.stderr
+    assert "mn_resultset2/seed-43: not run yet" in again.stdout and again.stdout.count("skipped") >= 3
+    assert stamps == {key: (results / key[0] / f"seed-{key[1]}" / "metrics.json").stat().st_mtime_ns for key in stamps}
+    assert json.loads((results / "mn_resultset2" / "seed-43" / "metrics.json").read_text())["test"] == metrics["mn_resultset2", 43]["test"]
+
+
+def test_seed_options_are_checked_before_anything_runs(tmp_path, tiny_root):
+    for extra, fragment in ((["--seeds", "0"], "--seeds 0"), (["--seed-values", "1,1"], "distinct"),
+                            (["--set", "seed=3"], "--seeds or --seed-values"), (["--seeds", "2", "--seed-values", "1"], "not both")):
+        result = run_all("--demo", *folders(tmp_path, tiny_root), *extra)
+        assert result.returncode == 2 and fragment in result.stderr, (extra, result.stderr)
+    assert not (tmp_path / "results").exists()

@@ -58,7 +58,7 @@ MIRRORED = textwrap.dedent("""
     data = experiment.prepare_data(params, run)
     model = experiment.build(params, data, run)
     history = experiment.train(model, data, params)
-    metrics = experiment.evaluate(model, data, params, history, run)
+    metrics = experiment.evaluate(model, data, experiment.predict(model, data), params, history, run)
     print("RESULT", json.dumps({
         "replicas": run.replicas, "batch": data.pipelines.batch_size, "steps": data.pipelines.steps_per_epoch,
         "train": data.pipelines.sizes["train"], "variable": type(model.trainable_weights[0].value).__name__,
