@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
             sweep.set_aside_previous_results(job, args.force)
             to_run.append(job)
 
-    progress = tqdm(total=len(jobs), initial=len(outcomes), desc="experiments", unit="exp", position=0)
+    progress = tqdm(total=len(jobs), initial=len(outcomes), desc="runs", unit="run", position=0)
 
     def report(outcome: sweep.Outcome) -> None:
         progress.update()

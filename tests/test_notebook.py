@@ -45,6 +45,24 @@ def test_a_run_writes_every_output(finished_run):
     assert (folder / "Graph" / "3-seed-42.png").stat().st_size > 1000  # named by the trailing number, like the study's
     assert not (run / "backup").exists(), "the backup is removed once the run is complete"
     assert not list(run.glob(".*.tmp"))
+    # per-image predictions of validation and test, named by metrics.json, and TensorBoard's logs
+    metrics = json.loads((run / "metrics.json").read_text())
+    predictions = pd.read_csv(run / metrics["predictions_file"])
+    assert list(predictions.columns[:4]) == ["path", "split", "true", "predicted"]
+    assert set(predictions["split"]) == {"val", "test"}
+    probabilities = predictions[[f"p_{name}" for name in metrics["dataset"]["class_names"]]].to_numpy()
+    assert np.allclose(probabilities.sum(axis=1), 1) and (probabilities.argmax(axis=1) == [
+        metrics["dataset"]["class_names"].index(name) for name in predictions["predicted"]]).all()
+    split = pd.read_csv(folder / "results" / metrics["dataset"]["split_file"])
+    assert set(predictions["path"]) <= set(split["path"])
+    test = predictions[predictions["split"] == "test"]
+    assert (test["true"] == test["predicted"]).mean() == pytest.approx(metrics["test"]["accuracy"])
+    intervals = metrics["test"]["intervals"]
+    assert intervals["accuracy"]["low"] <= metrics["test"]["accuracy"] <= intervals["accuracy"]["high"]
+    assert intervals["macro_f1"]["low"] <= metrics["test"]["macro_f1"] <= intervals["macro_f1"]["high"]
+    assert "Wilson" in intervals["accuracy"]["method"] and "bootstrap" in intervals["balanced_accuracy"]["method"]
+    assert list((run / "tensorboard").glob("train/events.out.tfevents.*"))
+    assert list((run / "tensorboard" / "hparams").glob("events.out.tfevents.*"))
     executed = nbformat.read(folder / "executed.ipynb", as_version=4)
     assert any(output.get("data", {}).get("image/png") for cell in executed.cells for output in cell.get("outputs", []))
 
