@@ -4,7 +4,13 @@ Reads finished runs' files only: ``metrics.json`` for a run's numbers, ``predict
 image-by-image comparisons. Two configurations are compared seed by seed on the same test images
 (the split's seed is shared by every training seed of a sweep): the paired difference in test
 accuracy with its 95% interval, McNemar's exact test per seed, and Holm's correction across the
-comparisons with the baseline. The study's claims (experiments.json) are judged on those comparisons.
+comparisons with the baseline. A difference counts as significant when both agree: its Holm-corrected
+McNemar p-value is below 0.05 (at every seed) and its 95% interval excludes zero (with several seeds,
+a t-interval over them, so a difference that does not hold across seeds is not called real). The
+study's claims (experiments.json) are judged on those comparisons.
+
+Intervals are clipped to what the quantity can be (accuracy in [0, 1], a difference in [-1, 1]):
+with two seeds a t-interval has one degree of freedom and is wider than that.
 """
 from __future__ import annotations
 
@@ -49,8 +55,8 @@ def accuracy_summary(runs: list) -> dict:
     accuracies = [run.metrics["test"]["accuracy"] for run in done]
     if len(done) >= 2:
         interval = statistics.t_interval(accuracies)
-        return {"seeds": len(done), "mean": interval["mean"], "sd": interval["sd"], "low": interval["low"],
-                "high": interval["high"], "method": interval["method"]}
+        return {"seeds": len(done), "mean": interval["mean"], "sd": interval["sd"], "low": max(interval["low"], 0.0),
+                "high": min(interval["high"], 1.0), "method": interval["method"]}
     if len(done) == 1:
         test = done[0].metrics["test"]
         wilson = test.get("intervals", {}).get("accuracy") or statistics.wilson_interval(
@@ -83,8 +89,8 @@ def compare(name: str, runs: list, baseline: str, baseline_runs: list) -> Compar
         first.append(base.sort_index().to_numpy())
         second.append(other.sort_index().to_numpy())
     paired = statistics.paired_difference(first, second)
-    return Comparison(name, baseline, seeds, paired["difference"], paired["interval"]["low"], paired["interval"]["high"],
-                      paired["p_value"], mcnemar=paired["mcnemar"])
+    return Comparison(name, baseline, seeds, paired["difference"], max(paired["interval"]["low"], -1.0),
+                      min(paired["interval"]["high"], 1.0), paired["p_value"], mcnemar=paired["mcnemar"])
 
 
 def compare_with_baseline(collected: dict[str, list], baseline: str) -> dict[str, Comparison]:
@@ -95,7 +101,8 @@ def compare_with_baseline(collected: dict[str, list], baseline: str) -> dict[str
     tested = [c for c in comparisons.values() if c.p_value is not None]
     significant, adjusted = statistics.holm([c.p_value for c in tested])
     for comparison, is_significant, p_value in zip(tested, significant, adjusted):
-        comparison.significant, comparison.holm_p_value = is_significant, p_value
+        excludes_zero = comparison.low > 0 or comparison.high < 0
+        comparison.significant, comparison.holm_p_value = is_significant and excludes_zero, p_value
     return comparisons
 
 

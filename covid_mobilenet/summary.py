@@ -250,7 +250,9 @@ HOW_TO_READ = (
     "Wilson interval of that run, which covers the test sample only. The difference from the baseline is measured on "
     "the same test images, seed by seed (paired), with its 95% interval; its p-value is McNemar's exact test on the "
     "images the two models disagree on (the largest over seeds), Holm-corrected across the comparisons with the "
-    "baseline; * marks a difference significant at 0.05. A ranking of rows whose intervals overlap and whose "
+    "baseline; * marks a difference significant at 0.05: that p-value below 0.05 and an interval that excludes zero. "
+    "Intervals are clipped to the possible range; with two seeds a t-interval (one degree of freedom) is very wide, so "
+    "three to five seeds tell far more. A ranking of rows whose intervals overlap and whose "
     "difference is not marked says nothing about which configuration is better."
 )
 

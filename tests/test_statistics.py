@@ -113,3 +113,18 @@ def test_a_single_seed_uses_the_runs_wilson_interval_and_other_splits_are_not_co
     other.name = "x"
     result = comparison.compare("x", [other], "base", runs)
     assert result.problem and "different images" in result.problem and result.p_value is None
+
+
+def test_a_difference_that_flips_between_seeds_is_not_called_real(tmp_path):
+    """Each seed alone differs clearly (McNemar), but in opposite directions: the interval over seeds spans zero."""
+    config = {"experiments": {"base": {}, "flip": {}}}
+    half = np.arange(300) < 150
+    fake_run(tmp_path, "base", 1, half)
+    fake_run(tmp_path, "flip", 1, np.ones(300, bool))  # seed 1: right everywhere, +50 points
+    fake_run(tmp_path, "base", 2, half)
+    fake_run(tmp_path, "flip", 2, np.zeros(300, bool))  # seed 2: wrong everywhere, -50 points
+    comparisons = comparison.compare_with_baseline(summary.collect_results(tmp_path, config), "base")
+    flip = comparisons["flip"]
+    assert flip.p_value < 1e-10 and flip.holm_p_value < 0.05, "McNemar finds each seed's difference"
+    assert flip.low < 0 < flip.high and not flip.significant
+    assert -1 <= flip.low and flip.high <= 1, "clipped to the possible range"
