@@ -1,9 +1,10 @@
 """The steps of the experiment notebook, so that the notebook reads as a short sequence of calls.
 
-A run's outputs, under ``<results_dir>/<experiment>/``: ``metrics.json``
-(written last, atomically: its presence means the run finished),
-``history.csv``, ``confusion_matrix.png``; the training curves go to
-``<graph_dir>/<n>.png``, and the split table to ``<results_dir>/split-<hash>.csv``.
+A run's outputs, under ``<results_dir>/<experiment>/seed-<seed>/``: ``metrics.json``
+(written last, atomically: its presence means the run finished), ``predictions.csv``
+(every validation and test image's prediction), ``history.csv``, ``confusion_matrix.png`` and
+``tensorboard/``; the training curves go to ``<graph_dir>/<n>-seed-<seed>.png``, and the split
+table to ``<results_dir>/split-<hash>.csv``.
 """
 from __future__ import annotations
 
@@ -120,7 +121,7 @@ def predict(model: keras.Model, data: PreparedData) -> dict[str, pd.DataFrame]:
         for i, name in enumerate(data.class_names):
             table[f"p_{name}"] = probabilities[:, i]
         if (table["true"].to_numpy() != rows["label"].to_numpy()).any():
-            raise AssertionError(f"the {subset} predictions are not in the split table's order")
+            raise RuntimeError(f"the {subset} predictions are not in the split table's order")
         tables[subset] = table
     return tables
 
