@@ -231,10 +231,13 @@ def prepare_demo_data(mode: Mode, config: dict, jobs: list[Job], say: Callable[[
 
 def preflight(jobs: list[Job], mode: Mode, say: Callable[[str], None] = print) -> None:
     """What would otherwise fail in the middle of a long sweep: data and its split, weights, writable folders."""
-    indexes = {}
+    indexes, splits_checked = {}, set()
     for job in jobs:
         params = job.params
         data_dir = params["data_dir"]
+        split_key = (data_dir, params["strict_data"], params["val_fraction"], params["test_fraction"], params["split_seed"])
+        if split_key in splits_checked:  # the seeds of a configuration, and most configurations, share one split
+            continue
         try:
             if (data_dir, params["strict_data"]) not in indexes:
                 root = locate_dataset(None if data_dir is None else resolve_path(data_dir))
@@ -244,6 +247,7 @@ def preflight(jobs: list[Job], mode: Mode, say: Callable[[str], None] = print) -
                 indexes[data_dir, params["strict_data"]] = scan_dataset(root, strict=params["strict_data"])
             index = indexes[data_dir, params["strict_data"]]
             split_images(index.images, val_fraction=params["val_fraction"], test_fraction=params["test_fraction"], seed=params["split_seed"])
+            splits_checked.add(split_key)
         except DatasetError as exc:
             raise SweepError(f"Experiment {job.name}: {exc}") from None
     for weights, image_size in sorted({(str(job.params["weights"]), job.params["image_size"]) for job in jobs}):
