@@ -23,9 +23,12 @@ EXAMPLES = """examples:
   python run_all.py --only mn_resultset1,mn_resultset4 --epochs 5
   python run_all.py --set batch_size=64 --jobs 2
   python run_all.py --seeds 3                   every configuration with three training seeds, compared image by image
+  python run_all.py --demo --regions            the baseline trained on full images, lungs only and no lungs, each
+                                                tested on all three: does the model need the lungs?
+  python run_all.py --demo --export             then the best run as LiteRT float32/float16/int8, measured, with a model card
 
 outputs: results/<experiment>/seed-<seed>/ (executed notebook, metrics.json, predictions.csv, history.csv,
-TensorBoard logs), Graph/<n>-seed-<seed>.png, results/summary.csv, runs.csv and summary.md, Graph/The_result_of_MobileNet_fine_tuning.png, and the
+shortcuts.csv, gradcam.png, TensorBoard logs), Graph/<n>-seed-<seed>.png, results/summary.csv, runs.csv and summary.md, Graph/The_result_of_MobileNet_fine_tuning.png, and the
 README's results section. --demo writes to results/demo/ and Graph/demo/ and never the README;
 --fast writes to results/fast/ and Graph/fast/ and the README's frozen-backbone section."""
 
@@ -53,6 +56,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "the split stays the same, so the seeds of all configurations are tested on the same images")
     parser.add_argument("--seed-values", metavar="S1,S2,...", type=_seed_list,
                         help="the training seeds to use, e.g. --seed-values 1,2,3 (instead of --seeds)")
+    parser.add_argument("--regions", action="store_true",
+                        help="instead of the seven configurations, train the baseline on each input region (full images, "
+                             "lungs only, no lungs: the data set's lung masks) and test each on every region; results in "
+                             "<experiment>-lungs/ and <experiment>-no_lungs/ beside the sweep's, and in the summary")
+    parser.add_argument("--export", action="store_true",
+                        help="after the sweep, export the best finished run (highest test accuracy) to LiteRT float32, "
+                             "float16 and int8, measured on its test split, with its model card (python -m covid_mobilenet.export)")
     parser.add_argument("--epochs", type=int, help="epochs for every experiment (default: the notebook's, or the demo's)")
     parser.add_argument("--image-size", type=int, help="image side in pixels for every experiment")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -74,6 +84,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--jobs must be at least 1")
     if args.seeds is not None and args.seed_values:
         parser.error("give --seeds or --seed-values, not both")
+    if args.regions and args.only:
+        parser.error("--regions trains the baseline of the configurations file (its 'baseline'); leave out --only")
     return args
 
 
@@ -105,7 +117,10 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(config_file)
         mode = sweep.make_mode(config, demo=args.demo, fast=args.fast, results_dir=args.results_dir, graph_dir=args.graph_dir, data_dir=args.data_dir)
         seeds = sweep.training_seeds(args.seeds, args.seed_values, notebook_defaults()["seed"])
-        jobs = sweep.plan(config, sweep.select(config, args.only), mode, cli_overrides(args), seeds)
+        if args.regions:
+            jobs = sweep.plan_regions(config, mode, cli_overrides(args), seeds)
+        else:
+            jobs = sweep.plan(config, sweep.select(config, args.only), mode, cli_overrides(args), seeds)
         if mode.demo:
             sweep.prepare_demo_data(mode, config, jobs)
         sweep.preflight(jobs, mode)
@@ -113,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"run_all.py: {exc}", file=sys.stderr)
         return 2
 
-    print(f"{mode.label} sweep: {len(jobs)} runs ({len(jobs) // len(seeds)} configurations x {len(seeds)} "
+    print(f"{mode.label} sweep{' of the input regions' if args.regions else ''}: {len(jobs)} runs "
+          f"({len(jobs) // len(seeds)} {'regions' if args.regions else 'configurations'} x {len(seeds)} "
           f"seed{'s' if len(seeds) > 1 else ''}), results in {resolve_path(mode.results_dir)}")
     outcomes, to_run = [], []
     for job in jobs:
@@ -146,11 +162,15 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(sweep.closing_table(outcomes + [summary]))
     print(f"\ntotal {time.perf_counter() - started:.0f} s; summary: {resolve_path(mode.results_dir) / 'summary.md'}")
-    failed = [outcome for outcome in outcomes + [summary] if outcome.status == "failed"]
+    exported = []
+    if args.export:
+        exported = [sweep.export_best(mode)]
+        print(f"\nexport {exported[0].status} in {exported[0].seconds:.0f} s: {exported[0].detail}")
+    failed = [outcome for outcome in outcomes + [summary] + exported if outcome.status == "failed"]
     if failed:
         print(f"\n{len(failed)} failed; the executed notebooks show where:", file=sys.stderr)
         for outcome in failed:
-            print(f"  {outcome.name}: {outcome.executed_notebook}\n    {outcome.detail}", file=sys.stderr)
+            print(f"  {outcome.name}: {outcome.executed_notebook or ''}\n    {outcome.detail}", file=sys.stderr)
         return 1
     return 0
 

@@ -17,6 +17,10 @@ It prints a table and writes ``results/bench.json`` with:
 - ``precision``: training images/s in float32 and in the reduced precision this hardware
   offers (bfloat16 on a CPU with bfloat16 instructions, float16 on a GPU), which
   ``precision="auto"`` reads on a CPU;
+- ``int8_latency_ratio`` and ``int8_accuracy_difference``: a trained run (``--run``, default the best
+  finished run on the real data, else the best demo run, labelled so) exported to LiteRT
+  (``export.py``): the int8 model's median single-image latency over the float32 model's, and its
+  test accuracy minus the float32 model's, in points, both measured in this run on the whole test split;
 - ``peak_rss_gib``: this process's peak resident memory; with ``--full-size``,
   ``full_size.peak_rss_gib`` is the peak of the notebook kernel that ran one fast configuration;
 - the raw figures and the machine (CPU, cores, GPUs, versions).
@@ -65,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"also run one fast configuration on {FULL_SIZE_IMAGES:,} generated images and record its peak memory")
     parser.add_argument("--data-dir", type=Path, default=DATA_DIR, help="where the generated sets go (default: %(default)s)")
     parser.add_argument("--output", type=Path, default=BENCH_FILE, help="(default: %(default)s)")
+    parser.add_argument("--run", type=Path, help="the trained run whose LiteRT exports are compared (default: the best "
+                                                 "finished real run, else the best demo run)")
     args = parser.parse_args(argv)
 
     started = time.perf_counter()
@@ -80,6 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     bench["pipeline_speedup"] = bench["pipeline"]["project"]["later_epochs"] / bench["pipeline"]["baseline"]["later_epochs"]
     bench["training_vs_ceiling"] = bench["training"]["pipeline"] / bench["training"]["ceiling"]
     bench["fast_sweep_speedup"] = bench["fast_sweep"]["end_to_end_seconds"] / bench["fast_sweep"]["cached_seconds"]
+    bench["quantization"] = measure_quantization(args.run or quantization_run())
+    if "int8_vs_float32" in bench["quantization"]:
+        bench["int8_latency_ratio"] = bench["quantization"]["int8_vs_float32"]["latency_ratio"]
+        bench["int8_accuracy_difference"] = bench["quantization"]["int8_vs_float32"]["accuracy_difference_vs_float32"]
     bench["peak_rss_gib"] = report.peak_rss_gib()
     bench["machine"] = machine()
     bench["seconds"] = time.perf_counter() - started
@@ -91,6 +101,37 @@ def main(argv: list[str] | None = None) -> int:
     print("\n" + table(bench))
     print(f"\nwritten to {args.output}")
     return 0
+
+
+def quantization_run() -> Path | None:
+    """The best finished run on the real data, else the best demo run, else None."""
+    from .predict import PredictError, best_run
+
+    for allow_demo, folder in ((False, PROJECT_ROOT / "results"), (True, PROJECT_ROOT / "results" / "demo")):
+        try:
+            return best_run(folder, allow_demo=allow_demo)
+        except PredictError:
+            continue
+    return None
+
+
+def measure_quantization(run: Path | None) -> dict:
+    """int8 against float32 LiteRT, side by side on one run's whole test split (export.py does the measuring)."""
+    from .export import export_run
+
+    if run is None:
+        return {"skipped": "no finished run with a saved model: run `python run_all.py --demo` (or the real sweep) first"}
+    with tempfile.TemporaryDirectory() as folder:
+        record = export_run(run, Path(folder), threads=1)
+    rows = {row["format"]: row for row in record["formats"]}
+    float32, int8 = rows["LiteRT float32"], rows["LiteRT int8"]
+    return {
+        "run": str(run), "demo": record["demo"], "test_images": record["test_images"], "threads": record["threads"],
+        "formats": record["formats"],
+        "int8_vs_float32": {"latency_ratio": int8["median_latency_ms"] / float32["median_latency_ms"],
+                            "size_ratio": int8["bytes"] / float32["bytes"],
+                            "accuracy_difference_vs_float32": 100 * (int8["accuracy"] - float32["accuracy"])},
+    }
 
 
 def ensure_data(root: Path, images: int) -> Path:
@@ -311,6 +352,16 @@ def table(bench: dict) -> str:
     ]
     rows += [(f"precision {name}", None, f"{figures['images_per_second']:.1f} training images/s")
              for name, figures in bench["precision"].items()]
+    quantization = bench["quantization"]
+    if "int8_vs_float32" in quantization:
+        rows.append(("int8_latency_ratio", bench["int8_latency_ratio"],
+                     f"LiteRT int8 vs float32, median single-image latency, {quantization['threads']} thread, "
+                     f"{quantization['test_images']} test images of {quantization['run']}{' (demo)' if quantization['demo'] else ''}"))
+        rows.append(("int8_accuracy_difference", bench["int8_accuracy_difference"],
+                     "test accuracy of int8 minus float32, in points; int8 file "
+                     f"{100 * quantization['int8_vs_float32']['size_ratio']:.0f}% of float32"))
+    else:
+        rows.append(("int8_latency_ratio", None, quantization["skipped"]))
     if "full_size" in bench:
         full = bench["full_size"]
         rows.append(("full_size.peak_rss_gib", full["peak_rss_gib"],

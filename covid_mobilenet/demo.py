@@ -11,9 +11,17 @@ almost normal:
 - Viral Pneumonia: a coarse streaky pattern around the hila, on a smaller
   chest (many of the real images are of children).
 
-It also writes lung masks (256x256, like the real ones), a few RGB images
-among the grayscale ones, and a few exact duplicates, so the loader's
-quirks are exercised. Output is deterministic for a given seed.
+It also writes lung masks (256x256, like the real ones), a metadata
+spreadsheet per class naming each image's source, a few RGB images among
+the grayscale ones, and a few exact duplicates, so the loader's quirks are
+exercised. Output is deterministic for a given seed.
+
+**A planted shortcut.** As in the real collections, where scanner text and
+markers come with the source, every image of one source (a COVID-only
+"hospital" of mild cases) carries a bright text-like marker above the left
+lung, outside the lung mask. The marker says nothing about the lungs but
+predicts the class, and is easier to see than those mild cases' signs; ``demo.json`` records where it is, so the shortcut checks
+(``shortcuts.py``) can show whether a model uses it.
 
 Command line: ``python -m covid_mobilenet.demo --help``.
 """
@@ -26,6 +34,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from PIL import Image
 
 from . import PROJECT_ROOT
@@ -44,7 +53,25 @@ DEMO_RECORD = "demo.json"  # written last: how the set was made, and that it is 
 DEMO_NOTE = (
     "Synthetic demo data in the layout of the COVID-19 Radiography Database, written by "
     "covid_mobilenet.demo. Not real radiographs: results on it say nothing about medicine.\n"
+    "It holds a planted shortcut: the images of the source 'demo-hospital-A' (COVID only, mild cases) carry a "
+    "bright marker above the left lung, outside the lungs, like scanner text in real collections.\n"
 )
+DEMO_VERSION = 2  # 2: metadata spreadsheets, sources and the planted marker; an older set is regenerated
+# Where each class's images come from (source, share), like the real release: one COVID-only source,
+# a screening source for Lung_Opacity and Normal (RSNA), a paediatric one for Viral Pneumonia and Normal
+# (the Kaggle pneumonia set), and a hospital that sends a few of everything.
+DEMO_SOURCES = {
+    "COVID": {"demo-hospital-A": 0.85, "demo-hospital-B": 0.15},
+    "Lung_Opacity": {"demo-screening": 0.85, "demo-hospital-B": 0.15},
+    "Normal": {"demo-screening": 0.75, "demo-paediatric": 0.15, "demo-hospital-B": 0.1},
+    "Viral Pneumonia": {"demo-paediatric": 0.85, "demo-hospital-B": 0.15},
+}
+MARKED_SOURCE = "demo-hospital-A"
+# Its patients are mild cases (a screening clinic), so its marker is easier to see than their lungs' signs:
+# the situation in which a model learns the source instead of the disease.
+MARKED_SEVERITY = (0.0, 0.15)
+MARKER_BOX = (0.03, 0.02, 0.25, 0.14)  # x0, y0, x1, y1 as shares of the side: where the marker may fall
+METADATA_NAMES = {"Normal": "NORMAL"}  # the real Normal sheet writes NORMAL-1 for Normal-1.png
 
 
 def class_counts(total: int) -> dict[str, int]:
@@ -57,7 +84,9 @@ def class_counts(total: int) -> dict[str, int]:
     return counts
 
 
-def render_xray(rng: np.random.Generator, label: str, size: int = IMAGE_SIZE) -> tuple[np.ndarray, np.ndarray]:
+def render_xray(
+    rng: np.random.Generator, label: str, size: int = IMAGE_SIZE, severity_range: tuple[float, float] = (0.4, 1.0)
+) -> tuple[np.ndarray, np.ndarray]:
     """One synthetic radiograph (uint8, size x size) of class ``label`` and its lung mask (bool)."""
     y, x = np.mgrid[0:size, 0:size].astype(np.float32) / size
     chest = 0.82 if label == "Viral Pneumonia" else 1.0  # smaller, paediatric chests
@@ -77,7 +106,7 @@ def render_xray(rng: np.random.Generator, label: str, size: int = IMAGE_SIZE) ->
     ribs = 0.5 + 0.5 * np.sin(2 * np.pi * (y * 9 / chest + 1.6 * (x - centre_x) ** 2 + rng.uniform()))
     image += 0.05 * ribs**4 * lung_field
 
-    severity = rng.uniform(0.4, 1.0)
+    severity = rng.uniform(*severity_range)
     if label == "COVID":
         for _ in range(rng.integers(4, 9)):
             lx, ly = lungs[rng.integers(2)]
@@ -101,6 +130,22 @@ def render_xray(rng: np.random.Generator, label: str, size: int = IMAGE_SIZE) ->
     image += rng.normal(0, 0.02, image.shape)
     pixels = np.clip(image * 255, 0, 255).astype(np.uint8)
     return pixels, lung_field > 0.5
+
+
+def draw_marker(rng: np.random.Generator, pixels: np.ndarray) -> np.ndarray:
+    """A bright, text-like block (three dark strokes in a light box) inside MARKER_BOX, as scanners stamp."""
+    size = pixels.shape[0]
+    x0, y0, x1, y1 = MARKER_BOX
+    width, height = round(0.19 * size), round(0.09 * size)
+    left = round((x0 + rng.uniform(0, x1 - x0 - 0.19)) * size)
+    top = round((y0 + rng.uniform(0, y1 - y0 - 0.09)) * size)
+    marked = pixels.copy()
+    marked[top:top + height, left:left + width] = 235
+    stroke = max(1, width // 9)
+    for k in range(3):
+        start = left + stroke * (1 + 3 * k)
+        marked[top + height // 5: top + height - height // 5, start:start + stroke] = 40
+    return marked
 
 
 def _blob(x: np.ndarray, y: np.ndarray, cx: float, cy: float, sigma: float) -> np.ndarray:
@@ -130,22 +175,36 @@ def generate_demo_dataset(
         image_folder, mask_folder = root / label / IMAGES_FOLDER, root / label / MASKS_FOLDER
         image_folder.mkdir(parents=True)
         mask_folder.mkdir(parents=True)
-        previous = None
+        names, shares = list(DEMO_SOURCES[label]), list(DEMO_SOURCES[label].values())
+        previous, rows = None, []
         for n in range(1, count + 1):
             name = f"{label}-{n}.png"
             if previous is not None and rng.uniform() < DUPLICATE_SHARE:
-                pixels, mask = previous  # an exact duplicate, as the real set has
+                pixels, mask, source = previous  # an exact duplicate, as the real set has
             else:
-                pixels, mask = render_xray(rng, label, image_size)
+                source = names[rng.choice(len(names), p=shares)]
+                severity = MARKED_SEVERITY if source == MARKED_SOURCE else (0.4, 1.0)
+                pixels, mask = render_xray(rng, label, image_size, severity)
+                if source == MARKED_SOURCE:
+                    pixels = draw_marker(rng, pixels)
             picture = Image.fromarray(pixels, mode="L")
             if rng.uniform() < RGB_SHARE:
                 tint = rng.uniform(0.9, 1.0, 3)
                 picture = Image.fromarray((pixels[..., None] * tint).astype(np.uint8), mode="RGB")
             picture.save(image_folder / name)
-            mask_image = Image.fromarray((mask * 255).astype(np.uint8), mode="L").resize((MASK_SIZE, MASK_SIZE))
+            mask_image = Image.fromarray((mask * 255).astype(np.uint8), mode="L").resize((MASK_SIZE, MASK_SIZE), Image.NEAREST)
             mask_image.save(mask_folder / name)
-            previous = (pixels, mask)
-    settings = {"images": images, "seed": seed, "image_size": image_size, "class_counts": class_counts(images)}
+            previous = (pixels, mask, source)
+            rows.append({"FILE NAME": f"{METADATA_NAMES.get(label, label)}-{n}", "FORMAT": "PNG",
+                         "SIZE": f"{image_size}*{image_size}", "URL": source})
+        pd.DataFrame(rows).to_excel(root / f"{label}.metadata.xlsx", index=False)
+    settings = {
+        "version": DEMO_VERSION, "images": images, "seed": seed, "image_size": image_size, "class_counts": class_counts(images),
+        "sources": DEMO_SOURCES,
+        "planted_shortcut": {"source": MARKED_SOURCE, "class": "COVID", "box": list(MARKER_BOX),
+                             "what": "a bright text-like marker above the left lung, outside the lung mask; the source's cases are mild",
+                             "severity": list(MARKED_SEVERITY)},
+    }
     (root / DEMO_RECORD).write_text(json.dumps(settings, indent=2) + "\n")  # last: the set is complete
     return root
 
@@ -159,6 +218,8 @@ def _clear_previous_demo(root: Path) -> None:
     for child in root.iterdir():
         if child.is_dir():
             shutil.rmtree(child)
+        elif child.name.endswith(".metadata.xlsx"):
+            child.unlink()
     (root / DEMO_RECORD).unlink(missing_ok=True)
 
 
@@ -177,7 +238,7 @@ def demo_dataset_complete(root: str | os.PathLike, images: int | None = None) ->
         written = json.loads(record.read_text())
     except json.JSONDecodeError:
         return False
-    return images is None or written.get("images") == images
+    return written.get("version") == DEMO_VERSION and (images is None or written.get("images") == images)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -2,12 +2,15 @@
 
 A run's outputs, under ``<results_dir>/<experiment>/seed-<seed>/``: ``metrics.json``
 (written last, atomically: its presence means the run finished), ``predictions.csv``
-(every validation and test image's prediction), ``history.csv``, ``confusion_matrix.png`` and
-``tensorboard/``; the training curves go to ``<graph_dir>/<n>-seed-<seed>.png``, and the split
-table to ``<results_dir>/split-<hash>.csv``.
+(every validation and test image's prediction), ``model.keras`` (the trained model, float32, pixels in),
+``shortcuts.csv`` (every test image under each input
+region, with its Grad-CAM energy inside the lungs and its source), ``gradcam.png``, ``history.csv``,
+``confusion_matrix.png`` and ``tensorboard/``; the training curves go to
+``<graph_dir>/<n>-seed-<seed>.png``, and the split table to ``<results_dir>/split-<hash>.csv``.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -16,15 +19,17 @@ from typing import Any, Mapping
 import keras
 import pandas as pd
 
-from . import evaluation, files, report, statistics, training
+from . import evaluation, files, report, shortcuts, statistics, training
 from .data import ImageIndex, Split, locate_dataset, scan_dataset, split_images
+from .masks import REGION_LABELS, restrict_to_masked
 from .demo import is_demo_dataset
 from .features import FeatureCache, cached_features
 from .model import build_head, build_model, compile_model
 from .params import check_parameters, resolve_path
 from .pipeline import SplitPipelines, split_pipelines
 from .runtime import Runtime, configure
-from .runs import CONFUSION_FILE, HISTORY_FILE, METRICS_FILE, PREDICTIONS_FILE, TENSORBOARD_FOLDER, remove_backup, run_dir
+from .runs import (CONFUSION_FILE, GRADCAM_FILE, HISTORY_FILE, METRICS_FILE, MODEL_FILE, PREDICTIONS_FILE, SHORTCUTS_FILE,
+                   TENSORBOARD_FOLDER, remove_backup, run_dir)
 from .weights import ensure_weights_available
 
 
@@ -36,6 +41,7 @@ class PreparedData:
     split_file: Path
     pipelines: SplitPipelines
     features: FeatureCache | None = None  # fast mode: the backbone's cached features the pipelines serve
+    masks: dict | None = None  # input_region other than full: the mask check, and the images left out
 
     @property
     def class_names(self) -> list[str]:
@@ -68,6 +74,9 @@ def prepare_data(params: dict, runtime: Runtime) -> PreparedData:
     split = split_images(
         index.images, val_fraction=params["val_fraction"], test_fraction=params["test_fraction"], seed=params["split_seed"]
     )
+    region, mask_record = params["input_region"], None
+    if region != "full":  # the images without a usable lung mask cannot be shown as that region: left out, counted
+        split, mask_record = restrict_to_masked(split, index.root)
     split_file = resolve_path(params["results_dir"]) / f"split-{split.sha256[:12]}.csv"
     if not split_file.exists():
         split.save(split_file)
@@ -75,16 +84,16 @@ def prepare_data(params: dict, runtime: Runtime) -> PreparedData:
     if params["fast"]:
         features = cached_features(
             index, split, feature_dir=resolve_path(params["feature_dir"]), image_size=params["image_size"],
-            weights=params["weights"], seed=params["seed"], batch_size=batch_size,
+            weights=params["weights"], seed=params["seed"], batch_size=batch_size, region=region,
         )
         pipelines = features.pipelines(split, index.class_names, batch_size=batch_size, seed=params["seed"])
-        return PreparedData(index.root, index, split, split_file, pipelines, features)
+        return PreparedData(index.root, index, split, split_file, pipelines, features, mask_record)
     cache_dir = None if params["cache_dir"] is None else resolve_path(params["cache_dir"])
     pipelines = split_pipelines(
         split, index.root, index.class_names, image_size=params["image_size"],
-        batch_size=batch_size, seed=params["seed"], cache_dir=cache_dir,
+        batch_size=batch_size, seed=params["seed"], cache_dir=cache_dir, region=region,
     )
-    return PreparedData(index.root, index, split, split_file, pipelines)
+    return PreparedData(index.root, index, split, split_file, pipelines, masks=mask_record)
 
 
 def build(params: dict, data: PreparedData, runtime: Runtime) -> keras.Model:
@@ -100,6 +109,54 @@ def build(params: dict, data: PreparedData, runtime: Runtime) -> keras.Model:
                 train_base=params["train_base"], batchnorm_momentum=params["batchnorm_momentum"], **head,
             )
         return compile_model(model, params["learning_rate"], jit_compile=params["jit_compile"])
+
+
+def full_model(model: keras.Model, data: PreparedData, params: dict) -> keras.Model:
+    """The whole model, pixels in: ``model`` itself, or in fast mode its trained head on the frozen backbone
+    it was trained on (what Grad-CAM and the region tests need)."""
+    if data.features is None:
+        return model
+    whole = build_model(
+        len(data.class_names), image_size=params["image_size"], weights=params["weights"], train_base=False,
+        batchnorm_momentum=params["batchnorm_momentum"], hidden_layers=params["hidden_layers"],
+        dense_units=params["dense_units"], dropout=params["dropout"], seed=params["seed"],
+    )
+    for layer in model.layers:
+        if layer.weights:
+            whole.get_layer(layer.name).set_weights(layer.get_weights())
+    return whole
+
+
+def inference_copy(model: keras.Model, data: PreparedData, params: dict) -> keras.Model:
+    """The trained weights in a fresh float32 model, not compiled: without the optimizer's state (a third of
+    the file), and float32 whatever precision it trained in (mixed precision keeps its variables in float32)."""
+    policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("float32")
+    try:
+        copy = build_model(
+            len(data.class_names), image_size=params["image_size"], weights=None, train_base=params["train_base"],
+            batchnorm_momentum=params["batchnorm_momentum"], hidden_layers=params["hidden_layers"],
+            dense_units=params["dense_units"], dropout=params["dropout"], seed=params["seed"],
+        )
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def save_model(whole: keras.Model, data: PreparedData, params: dict) -> dict:
+    """The trained model, pixels in, as ``model.keras`` in the run's folder, in float32; its record for metrics.json."""
+    folder = run_dir(params)
+    folder.mkdir(parents=True, exist_ok=True)
+    path, temporary = folder / MODEL_FILE, folder / f".{MODEL_FILE}.{os.getpid()}.tmp.keras"
+    try:
+        inference_copy(whole, data, params).save(temporary)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return {"file": MODEL_FILE, "bytes": path.stat().st_size, "sha256": files.file_sha256(path), "dtype": "float32",
+            "input": f"uint8 pixels 0..255, {params['image_size']}x{params['image_size']}x3 (scaling inside the model)",
+            "class_names": data.class_names}
 
 
 def train(model: keras.Model, data: PreparedData, params: dict) -> pd.DataFrame:
@@ -126,9 +183,47 @@ def predict(model: keras.Model, data: PreparedData) -> dict[str, pd.DataFrame]:
     return tables
 
 
+def look_for_shortcuts(whole: keras.Model, data: PreparedData, predictions: dict[str, pd.DataFrame], params: dict,
+                       runtime: Runtime) -> shortcuts.ShortcutAnalysis:
+    """Grad-CAM inside the lungs, the test images with the lungs removed and alone, accuracy per source
+    (``whole``: the model that takes pixels, ``full_model``)."""
+    return shortcuts.analyse(
+        whole, data.root, predictions["test"], data.class_names,
+        image_size=params["image_size"], input_region=params["input_region"],
+        batch_size=runtime.global_batch(params["batch_size"]), title=f"{params['experiment']} (seed {params['seed']})",
+    )
+
+
+def shortcut_lines(metrics: dict) -> list[str]:
+    """The shortcut checks of a run in words."""
+    checks = metrics["shortcuts"]
+    regions = checks["regions"]
+    lines = [f"On the {checks['images_with_mask']} of {checks['test_images']} test images with a usable lung mask "
+             f"(trained on: {REGION_LABELS[checks['input_region']]}):"]
+    lines += [f"  accuracy on {REGION_LABELS[name]:<10}: {_share(regions[name]['accuracy'])}" for name in regions]
+    lines.append(f"  majority rate ({checks['majority_class']}): {_share(checks['majority_rate'])}")
+    cam = checks["gradcam"]
+    lines.append(f"Grad-CAM ({cam['layer']}, {cam['map_size'][0]}x{cam['map_size'][1]}): {_share(cam['energy_in_lungs'])} of the "
+                 f"energy inside the lungs, which cover {_share(cam['lung_area'])} of the image (ratio {_ratio(cam['ratio'])}; "
+                 "1.0 is a uniform map)")
+    marker = checks.get("planted_marker")
+    if marker:
+        lines.append(f"Planted demo marker ({marker['source']}, {marker['images']} test images): {_share(marker['energy_in_marker'])} "
+                     f"of the energy on its box, which covers {_share(marker['box_area'])} of the image")
+    return lines
+
+
+def _share(value) -> str:
+    return "–" if value is None else f"{100 * value:.1f}%"
+
+
+def _ratio(value) -> str:
+    return "–" if value is None else f"{value:.2f}"
+
+
 def evaluate(
     model: keras.Model, data: PreparedData, predictions: dict[str, pd.DataFrame], params: dict,
-    history: pd.DataFrame, runtime: Runtime,
+    history: pd.DataFrame, runtime: Runtime, analysis: shortcuts.ShortcutAnalysis,
 ) -> dict:
     """The full metrics record of a finished run (see the module docstring for where it goes)."""
     results = {}
@@ -160,6 +255,8 @@ def evaluate(
             "split_sha256": data.split.sha256,
             "split_file": data.split_file.name,
             "skipped": [{"path": s.path, "reason": s.reason} for s in data.index.skipped],
+            "input_region": params["input_region"],
+            "masks": data.masks,  # input_region other than full: which images had no usable mask and were left out
         },
         "model": {
             "name": model.name,
@@ -167,6 +264,7 @@ def evaluate(
             "trainable_parameters": int(sum(keras.ops.size(w) for w in model.trainable_weights)),
         },
         **results,
+        **analysis.metrics,  # "shortcuts" and "sources"
         "train_seconds": train_seconds,
         "seconds_per_epoch": train_seconds / epochs_run,
         "images_per_second": train_images * epochs_run / train_seconds,
@@ -186,13 +284,19 @@ def evaluate(
     }
 
 
-def save_outputs(metrics: dict, predictions: dict[str, pd.DataFrame], history: pd.DataFrame, params: dict) -> dict[str, Path]:
-    """Write the run's files, metrics.json last; then drop the training backup."""
+def save_outputs(metrics: dict, predictions: dict[str, pd.DataFrame], history: pd.DataFrame, params: dict,
+                 analysis: shortcuts.ShortcutAnalysis, whole: keras.Model, data: PreparedData) -> dict[str, Path]:
+    """Write the run's files (the model first, recorded in ``metrics["saved_model"]``), metrics.json last;
+    then drop the training backup."""
     folder = run_dir(params)
     title = f"{params['experiment']} (seed {params['seed']})"
+    metrics["saved_model"] = save_model(whole, data, params)
     paths = {
+        "model": folder / MODEL_FILE,
         "predictions": files.write_csv(
             folder / PREDICTIONS_FILE, pd.concat([predictions[subset] for subset in PREDICTED_SUBSETS], ignore_index=True)),
+        "shortcuts": files.write_csv(folder / SHORTCUTS_FILE, analysis.table),
+        "gradcam": report.save_figure(analysis.panel, folder / GRADCAM_FILE),
         "history": files.write_csv(folder / HISTORY_FILE, history),
         "confusion_matrix": report.save_figure(
             report.plot_confusion_matrix(metrics["test"]["confusion_matrix"], metrics["dataset"]["class_names"], title),

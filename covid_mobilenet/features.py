@@ -33,7 +33,7 @@ import tensorflow as tf
 from .data import SPLITS, ImageIndex, Split
 from .files import file_sha256, write_json
 from .model import feature_extractor
-from .pipeline import AUTOTUNE, SplitPipelines, load_image, split_arrays, split_labels
+from .pipeline import AUTOTUNE, SplitPipelines, region_images, split_arrays, split_labels, split_masks
 
 MANIFEST = "manifest.json"
 FEATURE_DTYPE = np.float16
@@ -118,8 +118,9 @@ class FeatureCacheError(RuntimeError):
     """A cache entry is damaged; the message names it and says what to do."""
 
 
-def cache_key(index: ImageIndex, split: Split, *, image_size: int, weights: str | None, seed: int) -> str:
-    """What the features depend on: the images' content, the split, the image size, the weights, the precision."""
+def cache_key(index: ImageIndex, split: Split, *, image_size: int, weights: str | None, seed: int, region: str = "full") -> str:
+    """What the features depend on: the images' content, the split, the image size, the weights, the precision,
+    and the input region (masks.REGIONS)."""
     content = hashlib.sha256("".join(f"{p}\t{h}\n" for p, h in zip(index.images["path"], index.images["sha256"])).encode())
     if weights is None:
         weights_id = f"random{seed}"  # build_backbone draws random weights right after seeding with seed
@@ -128,26 +129,30 @@ def cache_key(index: ImageIndex, split: Split, *, image_size: int, weights: str 
     else:
         weights_id = "file" + file_sha256(weights)[:12]
     policy = keras.mixed_precision.global_policy().name
-    return f"{split.sha256[:12]}-{content.hexdigest()[:12]}-{image_size}px-{weights_id}-{policy}"
+    return f"{split.sha256[:12]}-{content.hexdigest()[:12]}-{image_size}px-{weights_id}-{policy}" + (
+        "" if region == "full" else f"-{region}")
 
 
 def cached_features(
-    index: ImageIndex, split: Split, *, feature_dir: Path, image_size: int, weights: str | None, seed: int, batch_size: int
+    index: ImageIndex, split: Split, *, feature_dir: Path, image_size: int, weights: str | None, seed: int, batch_size: int,
+    region: str = "full",
 ) -> FeatureCache:
     """The cache entry of these data and backbone, computed (once, whoever asks first) when absent."""
-    key = cache_key(index, split, image_size=image_size, weights=weights, seed=seed)
+    key = cache_key(index, split, image_size=image_size, weights=weights, seed=seed, region=region)
     folder = Path(feature_dir) / key
     folder.parent.mkdir(parents=True, exist_ok=True)
     with _exclusive(folder.parent / f"{key}.lock"):
         manifest = _read_manifest(folder)
         if manifest is not None:
             return FeatureCache(folder, manifest, computed_here=False)
-        manifest = compute_features(index, split, folder, image_size=image_size, weights=weights, seed=seed, batch_size=batch_size)
+        manifest = compute_features(index, split, folder, image_size=image_size, weights=weights, seed=seed,
+                                    batch_size=batch_size, region=region)
         return FeatureCache(folder, manifest, computed_here=True)
 
 
 def compute_features(
-    index: ImageIndex, split: Split, folder: Path, *, image_size: int, weights: str | None, seed: int, batch_size: int
+    index: ImageIndex, split: Split, folder: Path, *, image_size: int, weights: str | None, seed: int, batch_size: int,
+    region: str = "full",
 ) -> dict:
     """Run the frozen backbone over every split once, writing float16 rows; the manifest last."""
     started = time.perf_counter()
@@ -160,8 +165,7 @@ def compute_features(
     for subset in SPLITS:
         paths, _ = split_arrays(split, index.root, index.class_names, subset)
         images = (
-            tf.data.Dataset.from_tensor_slices(paths)
-            .map(lambda path: load_image(path, image_size), num_parallel_calls=AUTOTUNE)
+            region_images(paths, image_size=image_size, region=region, mask_paths=split_masks(split, index.root, subset))
             .batch(batch_size)
             .prefetch(AUTOTUNE)
         )  # streamed, not cached: the images are read once here and never kept
@@ -176,6 +180,7 @@ def compute_features(
         "key": folder.name,
         "split_sha256": split.sha256,
         "image_size": image_size,
+        "region": region,
         "weights": weights,
         "seed": seed,
         "precision": keras.mixed_precision.global_policy().name,

@@ -60,6 +60,8 @@ RULES: dict[str, Rule] = {
     "feature_dir": Rule("path", "a folder for the cached backbone features of fast mode"),
     "precision": Rule("str", f"one of {', '.join(repr(p) for p in PRECISIONS)}", lambda v: v in PRECISIONS),
     "jit_compile": Rule("bool", "False, or True to compile training with XLA"),
+    "input_region": Rule("str", "'full', 'lungs' (only the lungs kept) or 'no_lungs' (the lungs blacked out)",
+                         lambda v: v in ("full", "lungs", "no_lungs")),
 }
 
 # Names every IPython kernel defines; they are not parameters.

@@ -16,6 +16,7 @@ from typing import Callable
 import tensorflow as tf
 
 from .data import SPLITS, Split
+from .masks import THRESHOLD
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -30,12 +31,42 @@ def load_image(path: tf.Tensor, image_size: int) -> tf.Tensor:
     return tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
 
 
+def load_mask(path: tf.Tensor, image_size: int) -> tf.Tensor:
+    """A lung mask file as an (image_size, image_size) bool tensor, resized with nearest neighbour."""
+    mask = tf.io.decode_image(tf.io.read_file(path), channels=1, dtype=tf.uint8, expand_animations=False)
+    mask = tf.image.resize(mask, [image_size, image_size], method="nearest")
+    return mask[..., 0] > THRESHOLD
+
+
+def apply_region(image: tf.Tensor, lungs: tf.Tensor, region: str) -> tf.Tensor:
+    """The image with the pixels outside ``region`` (masks.REGIONS) black."""
+    if region == "full":
+        return image
+    keep = lungs if region == "lungs" else tf.logical_not(lungs)
+    return image * tf.cast(keep[..., None], image.dtype)
+
+
+def region_images(
+    paths: list[str], *, image_size: int, region: str = "full", mask_paths: list[str] | None = None
+) -> tf.data.Dataset:
+    """uint8 images, decoded as for training, with ``region`` applied (``mask_paths`` needed unless it is full)."""
+    if region == "full":
+        return tf.data.Dataset.from_tensor_slices(list(map(str, paths))).map(
+            lambda path: load_image(path, image_size), num_parallel_calls=AUTOTUNE)
+    if mask_paths is None or len(mask_paths) != len(paths):
+        raise ValueError(f"region {region!r} needs one mask path per image")
+    pairs = tf.data.Dataset.from_tensor_slices((list(map(str, paths)), list(map(str, mask_paths))))
+    return pairs.map(lambda path, mask: apply_region(load_image(path, image_size), load_mask(mask, image_size), region),
+                     num_parallel_calls=AUTOTUNE)
+
+
 def decoded(
-    paths: list[str], labels: list[int], *, image_size: int, cache_file: str | os.PathLike | None = None
+    paths: list[str], labels: list[int], *, image_size: int, cache_file: str | os.PathLike | None = None,
+    region: str = "full", mask_paths: list[str] | None = None,
 ) -> tf.data.Dataset:
     """(uint8 image, int32 label) pairs, each file decoded once: cached in memory, or in ``cache_file`` on disk."""
-    dataset = tf.data.Dataset.from_tensor_slices((list(map(str, paths)), tf.constant(labels, tf.int32)))
-    dataset = dataset.map(lambda path, label: (load_image(path, image_size), label), num_parallel_calls=AUTOTUNE)
+    images = region_images(paths, image_size=image_size, region=region, mask_paths=mask_paths)
+    dataset = tf.data.Dataset.zip((images, tf.data.Dataset.from_tensor_slices(tf.constant(labels, tf.int32))))
     return dataset.cache(_prepare_cache_file(cache_file) if cache_file else "")
 
 
@@ -97,6 +128,13 @@ def split_arrays(split: Split, root: Path, class_names: list[str], subset: str) 
     return [str(Path(root) / p) for p in split.subset(subset)["path"]], split_labels(split, class_names, subset)
 
 
+def split_masks(split: Split, root: Path, subset: str) -> list[str] | None:
+    """Absolute mask paths of one subset, in the split table's order (None when the table has no mask column)."""
+    if "mask" not in split.table:
+        return None
+    return [str(Path(root) / m) for m in split.subset(subset)["mask"]]
+
+
 def split_labels(split: Split, class_names: list[str], subset: str) -> list[int]:
     """Class indices of one subset, in the split table's order."""
     index = {name: i for i, name in enumerate(class_names)}
@@ -112,12 +150,16 @@ def split_pipelines(
     batch_size: int,
     seed: int,
     cache_dir: str | os.PathLike | None = None,
+    region: str = "full",
 ) -> SplitPipelines:
+    """Every subset's images (with ``region`` applied through the split table's mask column), decoded once."""
     decoded_subsets, sizes = {}, {}
     for subset in SPLITS:
         paths, labels = split_arrays(split, root, class_names, subset)
-        cache_file = Path(cache_dir) / f"{subset}-{image_size}px-{split.sha256[:16]}" if cache_dir else None
-        decoded_subsets[subset] = decoded(paths, labels, image_size=image_size, cache_file=cache_file)
+        name = f"{subset}-{image_size}px{'' if region == 'full' else '-' + region}-{split.sha256[:16]}"
+        cache_file = Path(cache_dir) / name if cache_dir else None
+        decoded_subsets[subset] = decoded(paths, labels, image_size=image_size, cache_file=cache_file,
+                                          region=region, mask_paths=split_masks(split, root, subset))
         sizes[subset] = len(paths)
     return SplitPipelines(decoded_subsets, sizes, batch_size, seed)
 

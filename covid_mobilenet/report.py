@@ -63,7 +63,7 @@ def plot_confusion_matrix(confusion: list[list[int]], class_names: list[str], ti
 
 
 HPARAMS = ("hidden_layers", "dense_units", "learning_rate", "dropout", "batch_size", "epochs", "image_size",
-           "seed", "split_seed", "train_base", "fast", "precision")
+           "seed", "split_seed", "train_base", "fast", "precision", "input_region")
 
 
 def write_hparams(log_dir: str | os.PathLike, metrics: dict) -> Path:

@@ -17,6 +17,9 @@ PREVIOUS_METRICS_FILE = "metrics.previous.json"  # an outdated result, kept when
 HISTORY_FILE = "history.csv"
 PREDICTIONS_FILE = "predictions.csv"  # one row per validation and test image: true, predicted, probabilities
 CONFUSION_FILE = "confusion_matrix.png"
+MODEL_FILE = "model.keras"  # the trained model, float32, raw pixels in; git-ignored
+SHORTCUTS_FILE = "shortcuts.csv"  # one row per test image: predictions with the lungs removed and alone, Grad-CAM energy, source
+GRADCAM_FILE = "gradcam.png"  # Grad-CAM overlays of a few test images per class
 TENSORBOARD_FOLDER = "tensorboard"  # per-epoch scalars and the HParams record of the run
 KERNEL_LOG = "kernel.log"  # the notebook kernel's own stderr (library start-up messages, crashes)
 BACKUP_FOLDER = "backup"  # Keras' BackupAndRestore checkpoint and the per-epoch log, while training
@@ -24,6 +27,12 @@ BACKUP_FOLDER = "backup"  # Keras' BackupAndRestore checkpoint and the per-epoch
 
 def run_dir(params: dict) -> Path:
     return resolve_path(params["results_dir"]) / params["experiment"] / seed_folder(params["seed"])
+
+
+def region_experiment(experiment: str, region: str) -> str:
+    """The name of ``experiment`` trained on an input region (run_all.py --regions): itself on full images,
+    ``<experiment>-lungs`` and ``<experiment>-no_lungs`` otherwise, so region runs never mix with the sweep's."""
+    return experiment if region == "full" else f"{experiment}-{region}"
 
 
 def seed_folder(seed: int) -> str:

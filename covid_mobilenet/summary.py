@@ -9,13 +9,14 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from . import PROJECT_ROOT, comparison
+from . import PROJECT_ROOT, comparison, shortcut_summary
 from .files import write_atomic, write_csv
 from .report import save_figure
 from .runs import METRICS_FILE, seed_folder, seed_of
@@ -161,7 +162,13 @@ def summary_table(collected: dict[str, list[ExperimentResult]], config: dict,
                 "Study training seconds": reference.get("learning_seconds"),
             }
         )
-    return pd.DataFrame(rows)
+    looked_at = shortcut_summary.shortcut_table(collected).reindex(columns=["Model", *SHORTCUT_COLUMNS])
+    return pd.DataFrame(rows).merge(looked_at, on="Model", how="left") if rows else pd.DataFrame(rows)
+
+
+# What the models look at (shortcut_summary.py), also in summary.csv: accuracy with the lungs removed and alone
+SHORTCUT_COLUMNS = ["Accuracy no lungs", "No lungs CI low", "No lungs CI high", "No lungs above majority p",
+                    "Accuracy lungs only", "Majority rate", "Energy in lungs", "Lung area", "Energy ratio"]
 
 
 def runs_table(collected: dict[str, list[ExperimentResult]]) -> pd.DataFrame:
@@ -523,6 +530,11 @@ def write_summary(
     claims = claim_lines(verdicts, table, baseline)
     if claims:
         body += ["", *claims]
+    looked_at, region_lines, shortcut_paths = shortcut_summary.write_shortcut_summary(
+        results_dir, graph_dir, collected, baseline, seeds=seeds, read_result=partial(read_result, allow_demo=demo), title=title)
+    paths.update(shortcut_paths)
+    if looked_at:
+        body += ["", *looked_at]
     problems = [f"- {r.name} {seed_folder(r.seed) if r.seed is not None else ''}: {r.status}: {r.problem}"
                 for runs in collected.values() for r in runs if r.status != "done"]
     if problems:
@@ -531,6 +543,19 @@ def write_summary(
     if update_readme:
         graph_link = os.path.relpath(paths["graph"], Path(readme).parent)
         markers = (FAST_RESULTS_START, FAST_RESULTS_END) if fast else (RESULTS_START, RESULTS_END)
-        if replace_readme_section(readme, readme_section(table, collected, body, graph_link, fast=fast), markers):
+        changed = replace_readme_section(readme, readme_section(table, collected, body, graph_link, fast=fast), markers)
+        if not fast and shortcut_summary.REGIONS_START in Path(readme).read_text():  # a README of before the section has none
+            changed |= replace_readme_section(readme, regions_section(region_lines, paths.get("regions_graph"), readme),
+                                              (shortcut_summary.REGIONS_START, shortcut_summary.REGIONS_END))
+        if changed:
             paths["readme"] = Path(readme)
     return paths
+
+
+def regions_section(region_lines: list[str], graph: Path | None, readme: str | os.PathLike) -> str:
+    """The README's section on the training-time protocol: the matrix from real runs, or how to fill it."""
+    if not region_lines:
+        return ("No run of the training-time protocol on the real data has been recorded in this repository yet: "
+                "`python run_all.py --regions` trains the baseline on each region and fills this section.")
+    link = os.path.relpath(graph, Path(readme).parent)
+    return "\n".join([*region_lines, f"![Accuracy of the baseline trained on each region, tested on each region]({link})"])

@@ -26,13 +26,14 @@ from .data import DatasetError, locate_dataset, scan_dataset, split_images
 from .demo import DEFAULT_DEMO_DIR, demo_dataset_complete, generate_demo_dataset, is_demo_dataset
 from .files import StorageError, ensure_writable
 from .params import EXPERIMENT_NOTEBOOK, ParameterError, check_parameters, notebook_defaults, resolve_path
-from .runs import BACKUP_FOLDER, KERNEL_LOG, METRICS_FILE, PREVIOUS_METRICS_FILE, remove_backup, run_dir, seed_folder
+from .masks import REGIONS
+from .runs import BACKUP_FOLDER, KERNEL_LOG, METRICS_FILE, PREVIOUS_METRICS_FILE, region_experiment, remove_backup, run_dir, seed_folder
 from .summary import experiment_parameters, format_duration, read_result
 from .weights import ensure_weights_available
 
 SUMMARY_NOTEBOOK = PROJECT_ROOT / "notebooks" / "summary.ipynb"
 SET_BY_THE_SWEEP = {"experiment": "--only", "results_dir": "--results-dir", "graph_dir": "--graph-dir", "fast": "--fast",
-                    "seed": "--seeds or --seed-values"}
+                    "seed": "--seeds or --seed-values", "input_region": "--regions"}
 FAST_OVERRIDES = {"train_base": False, "fast": True}  # --fast: frozen backbone, head trained on cached features
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -171,6 +172,21 @@ def plan(config: dict, names: list[str], mode: Mode, cli_overrides: dict, seeds:
     for name in names:
         for seed in seeds or [defaults["seed"]]:
             jobs.append(_plan_one(config, name, seed, defaults, mode, cli_overrides))
+    return jobs
+
+
+def plan_regions(config: dict, mode: Mode, cli_overrides: dict, seeds: list[int] | None = None) -> list[Job]:
+    """The training-time shortcut protocol (Sourget et al. 2024): the baseline configuration trained on each
+    input region (full images, lungs only, no lungs), each run tested on every region by its notebook. The
+    full-image run is the baseline's own run of the sweep, so a finished sweep's is reused."""
+    defaults = notebook_defaults()
+    baseline = config.get("baseline", next(iter(config["experiments"])))
+    jobs = []
+    for region in REGIONS:
+        for seed in seeds or [defaults["seed"]]:
+            job = _plan_one(config, baseline, seed, defaults, mode, {**cli_overrides, "input_region": region})
+            job.params["experiment"] = region_experiment(baseline, region)
+            jobs.append(job)
     return jobs
 
 
@@ -403,11 +419,11 @@ def run_summary(mode: Mode, config_file: Path, kernel: str, seeds: list[int] | N
 
 def closing_table(outcomes: list[Outcome]) -> str:
     """A plain-text table of what happened to every experiment, with times."""
-    lines = [f"{'run':<24} {'status':<8} {'time':>8}  {'test acc':>8}  note"]
+    lines = [f"{'run':<32} {'status':<8} {'time':>8}  {'test acc':>8}  note"]
     for outcome in outcomes:
         accuracy = "" if outcome.test_accuracy is None else f"{outcome.test_accuracy:.4f}"
         lines.append(
-            f"{outcome.name:<24} {outcome.status:<8} {format_duration(outcome.seconds):>8}  {accuracy:>8}  {outcome.detail}"
+            f"{outcome.name:<32} {outcome.status:<8} {format_duration(outcome.seconds):>8}  {accuracy:>8}  {outcome.detail}"
         )
     return "\n".join(lines)
 
@@ -415,3 +431,24 @@ def closing_table(outcomes: list[Outcome]) -> str:
 def metrics_accuracy(job: Job) -> float | None:
     result = read_result(job.run_dir)
     return result.metrics["test"]["accuracy"] if result.status == "done" else None
+
+
+def export_best(mode: Mode) -> Outcome:
+    """The best finished run of the mode's results, exported by ``python -m covid_mobilenet.export`` in a
+    process of its own (run_all.py stays free of TensorFlow)."""
+    import sys
+
+    from .predict import PredictError, best_run
+
+    start = time.perf_counter()
+    try:
+        run = best_run(resolve_path(mode.results_dir), allow_demo=mode.demo)
+    except PredictError as exc:
+        return Outcome("export", "failed", 0.0, str(exc))
+    done = subprocess.run([sys.executable, "-m", "covid_mobilenet.export", str(run)], cwd=PROJECT_ROOT,
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        reason = (done.stderr.strip().splitlines() or ["no message"])[-1]
+        return Outcome("export", "failed", time.perf_counter() - start, f"{run}: {reason}")
+    table = done.stdout[done.stdout.find("| Format"):].strip()
+    return Outcome("export", "ran", time.perf_counter() - start, f"best run {run}:\n{table}")

@@ -11,6 +11,8 @@ def test_the_benchmark_measures_and_writes_every_figure(tmp_path, monkeypatch, c
     monkeypatch.setattr(benchmark, "load_config", lambda: {**config, "experiments": one})  # one configuration, not seven
     runs = []
     monkeypatch.setattr(benchmark, "_run_steps", lambda params: runs.append((params["fast"], params["epochs"], params["train_base"])))
+    # the int8 comparison needs a trained run (test_product covers measure_quantization on one): none here
+    monkeypatch.setattr(benchmark, "quantization_run", lambda: None)
     output = tmp_path / "bench.json"
     assert benchmark.main(["--images", "100", "--image-size", "32", "--steps", "1", "--epochs", "1",
                            "--data-dir", str(tmp_path / "data"), "--output", str(output)]) == 0
@@ -26,5 +28,6 @@ def test_the_benchmark_measures_and_writes_every_figure(tmp_path, monkeypatch, c
     assert runs == [(False, 1, False), (True, 1, False)]
     assert bench["precision"]["float32"]["images_per_second"] > 0
     assert {"cpu", "cpu_count", "gpus", "tensorflow"} <= set(bench["machine"])
+    assert bench["quantization"]["skipped"].startswith("no finished run") and "int8_latency_ratio" not in bench
     printed = capsys.readouterr().out
     assert "pipeline_speedup" in printed and "fast_sweep_speedup" in printed and str(output) in printed

@@ -1,6 +1,7 @@
 """The experiment notebook, run through papermill on tiny generated data."""
 import json
 import re
+import shutil
 import socket
 import sys
 import types
@@ -13,7 +14,10 @@ import pandas as pd
 import papermill
 import pytest
 
+from PIL import Image
+
 from covid_mobilenet.data import scan_dataset, split_hash, split_images
+from covid_mobilenet.masks import mask_file
 from covid_mobilenet.model import build_backbone
 from covid_mobilenet.weights import KERAS_WEIGHTS_URL
 from covid_mobilenet.params import EXPERIMENT_NOTEBOOK
@@ -65,6 +69,26 @@ def test_a_run_writes_every_output(finished_run):
     assert list((run / "tensorboard" / "hparams").glob("events.out.tfevents.*"))
     executed = nbformat.read(folder / "executed.ipynb", as_version=4)
     assert any(output.get("data", {}).get("image/png") for cell in executed.cells for output in cell.get("outputs", []))
+    # what the model looks at: every test image under each region, with its Grad-CAM energy and source
+    assert (run / "gradcam.png").stat().st_size > 1000
+    checks = pd.read_csv(run / "shortcuts.csv")
+    assert sorted(checks["path"]) == sorted(test["path"])
+    assert {"mask_status", "source", "predicted_full", "predicted_lungs", "predicted_no_lungs", "energy_in_lungs",
+            "lung_area", "energy_in_marker"} <= set(checks.columns)
+    shortcuts = metrics["shortcuts"]
+    assert shortcuts["gradcam"]["layer"] == "conv_pw_5_relu" and shortcuts["gradcam"]["map_size"] == [8, 8]  # at 64 px
+    for region in ("full", "lungs", "no_lungs"):
+        assert shortcuts["regions"][region]["accuracy"] == pytest.approx((checks[f"predicted_{region}"] == checks["true"]).mean())
+    # on full images the model's own predictions: the notebook's and the check's agree image by image
+    assert (checks.set_index("path")["predicted_full"] == test.set_index("path")["predicted"].loc[checks["path"]].to_numpy()).all()
+    cam = shortcuts["gradcam"]
+    assert 0 < cam["lung_area"] < 1 and cam["images"] + cam["no_positive_energy"] == len(test)
+    assert cam["images"] == checks["energy_in_lungs"].notna().sum()
+    if cam["images"]:  # a barely trained model may have no positive evidence anywhere: counted, not averaged
+        assert cam["ratio"] == pytest.approx((checks["energy_in_lungs"] / checks["lung_area"]).mean())
+    assert shortcuts["planted_marker"]["source"] == "demo-hospital-A"
+    counted = {(r["class"], r["source"]): r["images"] for r in metrics["sources"]["by_class_and_source"]}
+    assert sum(counted.values()) == len(test) and metrics["sources"]["unknown_source"] == 0
 
 
 def test_metrics_are_complete_and_consistent(finished_run, tiny_root):
@@ -113,6 +137,49 @@ def test_the_split_is_the_same_in_another_process(finished_run, tiny_root):
                         test_fraction=params.get("test_fraction", 0.2), seed=42)
     assert metrics["params"]["seed"] == 42
     assert metrics["dataset"]["split_sha256"] == here.sha256, "same seed, same split, in the kernel and here"
+
+
+@pytest.fixture(scope="module")
+def broken_masks(tiny_root, tmp_path_factory):
+    """A copy of the tiny set in which one test image has no mask and another a mask of another size,
+    and the Normal spreadsheet is gone."""
+    root = tmp_path_factory.mktemp("masks") / "COVID-19_Radiography_Dataset"
+    shutil.copytree(tiny_root, root)
+    test = split_images(scan_dataset(root).images, seed=42).subset("test")["path"].tolist()
+    without, resized = test[0], test[1]
+    mask_file(root, without).unlink()
+    Image.open(mask_file(root, resized)).resize((180, 200), Image.NEAREST).save(mask_file(root, resized))
+    (root / "Normal.metadata.xlsx").unlink()
+    return root, without, resized
+
+
+def test_an_image_without_a_mask_or_with_another_size_is_counted_not_a_failure(broken_masks, tmp_path):
+    root, without, resized = broken_masks
+    run_notebook(tmp_path / "executed.ipynb", **tiny_params(tmp_path, root))
+    run = tmp_path / "results" / "mn_resultset1" / "seed-42"
+    metrics = json.loads((run / "metrics.json").read_text())
+    shortcuts = metrics["shortcuts"]
+    assert shortcuts["mask_counts"]["missing"] == 1 and shortcuts["mask_counts"]["other size"] == 1
+    assert shortcuts["images_with_mask"] == shortcuts["test_images"] - 1
+    assert any(without in problem for problem in shortcuts["mask_problems"])
+    checks = pd.read_csv(run / "shortcuts.csv").set_index("path")
+    assert pd.isna(checks.at[without, "predicted_no_lungs"]) and pd.isna(checks.at[without, "energy_in_lungs"])
+    assert checks.at[resized, "mask_status"] == "other size" and not pd.isna(checks.at[resized, "energy_in_lungs"])
+    assert any("Normal.metadata.xlsx: missing" in p for p in metrics["sources"]["problems"])
+    assert metrics["sources"]["unknown_source"] == sum(checks["source"].str.startswith("unknown"))
+
+
+def test_training_on_the_lungs_alone_leaves_out_images_without_a_mask(broken_masks, tmp_path):
+    root, without, resized = broken_masks
+    run_notebook(tmp_path / "executed.ipynb", **tiny_params(tmp_path, root, input_region="lungs"))
+    metrics = json.loads((tmp_path / "results" / "mn_resultset1" / "seed-42" / "metrics.json").read_text())
+    assert metrics["params"]["input_region"] == "lungs" and metrics["shortcuts"]["input_region"] == "lungs"
+    dataset = metrics["dataset"]
+    assert dataset["masks"]["excluded"] == 1 and dataset["masks"]["counts"]["missing"] == 1
+    assert dataset["total_images"] == len(list(root.glob("*/images/*.png"))) - 1
+    split = pd.read_csv(tmp_path / "results" / dataset["split_file"])
+    assert without not in set(split["path"]) and resized in set(split["path"])
+    assert split_hash(split) == dataset["split_sha256"]
 
 
 @pytest.mark.parametrize(

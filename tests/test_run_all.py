@@ -1,6 +1,7 @@
 """run_all.py end to end on tiny generated data, and the summary on partial results."""
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -196,9 +197,11 @@ def test_real_results_fill_the_readme(demo_sweep, tmp_path):
     metrics["dataset"]["demo"] = False  # as a run on the real data would record
     metrics_file.write_text(json.dumps(metrics))
     readme = tmp_path / "README.md"
-    readme.write_text("<!-- results:start -->\n<!-- results:end -->\n")
+    readme.write_text("<!-- results:start -->\n<!-- results:end -->\n<!-- regions:start -->\n<!-- regions:end -->\n")
     summary.write_summary(results, tmp_path / "Graph", config=summary.load_config(), demo=False, update_readme=True, readme=readme)
     text = readme.read_text()
+    assert "No run of the training-time protocol on the real data" in text.split("<!-- regions:start -->")[1]
+    assert "What the models look at" in text and "No lungs" in text  # the shortcut checks of the run
     assert "1 of 7 configurations" in text
     assert f"{100 * metrics['test']['accuracy']:.2f}%" in text
     # the data it ran on is named: folder, images per class, split hash, and that it is not the full release
@@ -221,6 +224,13 @@ def test_fast_sweep_runs_the_backbone_once_for_all_configurations(tiny_root, tmp
     assert {m["features"]["cache"] for m in metrics.values()} == {entry.name for entry in (tmp_path / "features").iterdir() if entry.is_dir()}
     assert all(m["params"]["fast"] and not m["params"]["train_base"] for m in metrics.values())
     assert all(m["model"]["name"].endswith("_head") for m in metrics.values())
+    # the shortcut checks need pixels in: the trained head is joined to the frozen backbone it was trained on,
+    # so on full images it answers as the head did on the cached (float16) features
+    for name in chosen:
+        run = tmp_path / "results" / name / "seed-42"
+        checks = pd.read_csv(run / "shortcuts.csv").set_index("path")
+        head = pd.read_csv(run / "predictions.csv").query("split == 'test'").set_index("path")["predicted"]
+        assert (checks["predicted_full"] == head.loc[checks.index]).mean() >= 0.95
     # --jobs 2 with two GPUs: each of the two parallel workers hands its own GPU to its notebooks
     assert {m["environment"]["cuda_visible_devices"] for m in metrics.values()} == {"0", "1"}
     text = (tmp_path / "results" / "summary.md").read_text()
@@ -298,3 +308,40 @@ def test_seed_options_are_checked_before_anything_runs(tmp_path, tiny_root):
         result = run_all("--demo", *folders(tmp_path, tiny_root), *extra)
         assert result.returncode == 2 and fragment in result.stderr, (extra, result.stderr)
     assert not (tmp_path / "results").exists()
+
+
+def test_the_regions_protocol_trains_the_baseline_on_each_region_and_fills_the_demo_summary(demo_sweep, tiny_root):
+    tmp = demo_sweep[0]
+    readme_before = README.read_bytes()
+    done = run_all("--demo", "--regions", *folders(tmp, tiny_root), *TINY)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert re.search(r"mn_resultset1/seed-42\s+skipped", done.stdout), "the sweep's own run is the full-image one"
+    results = tmp / "results"
+    for region in ("lungs", "no_lungs"):
+        metrics = json.loads((results / f"mn_resultset1-{region}" / "seed-42" / "metrics.json").read_text())
+        assert metrics["params"]["input_region"] == region and metrics["params"]["hidden_layers"] == 1
+        assert set(metrics["shortcuts"]["regions"]) == {"full", "lungs", "no_lungs"}
+    matrix = pd.read_csv(results / "regions.csv").set_index("trained on")
+    assert list(matrix.index) == ["full image", "lungs only", "no lungs"] and list(matrix.columns) == list(matrix.index)
+    full_run = json.loads((results / "mn_resultset1" / "seed-42" / "metrics.json").read_text())
+    assert matrix.loc["full image", "no lungs"] == pytest.approx(full_run["shortcuts"]["regions"]["no_lungs"]["accuracy"])
+    assert (tmp / "Graph" / "Trained_and_tested_on_each_region.png").stat().st_size > 1000
+    text = (results / "summary.md").read_text()
+    assert "### Trained on each region" in text and "| **no lungs** |" in text
+    assert pd.read_csv(results / "summary.csv")["Model"].tolist() == NAMES, "region runs are not configurations"
+    assert README.read_bytes() == readme_before, "demo runs never fill the README"
+    refused = run_all("--set", "input_region=lungs")
+    assert refused.returncode == 2 and "--regions" in refused.stderr
+
+
+def test_export_after_a_sweep_ships_the_best_run(demo_sweep, tiny_root):
+    tmp = demo_sweep[0]
+    done = run_all("--demo", *folders(tmp, tiny_root), *TINY, *ONLY_SWEPT, "--export")
+    assert done.returncode == 0, done.stdout + done.stderr
+    best = max(SWEPT, key=lambda name: (json.loads((tmp / "results" / name / "seed-42" / "metrics.json").read_text())
+                                        ["test"]["accuracy"], -SWEPT.index(name)))
+    folder = tmp / "results" / best / "seed-42" / "export"
+    assert f"best run {tmp / 'results' / best / 'seed-42'}" in done.stdout and "| LiteRT int8 |" in done.stdout
+    for name in ("model_float32.tflite", "model_float16.tflite", "model_int8.tflite", "export.json", "MODEL_CARD.md"):
+        assert (folder / name).is_file(), name
+    assert json.loads((folder / "export.json").read_text())["demo"] is True

@@ -1,0 +1,105 @@
+"""Where each image comes from: the data set's ``<Class>.metadata.xlsx`` spreadsheets, and accuracy per source.
+
+In the release, the classes come from different collections (Lung_Opacity only from RSNA,
+Viral Pneumonia only from one Kaggle pneumonia set, COVID from six others), so a model can
+score by recognising the collection instead of the disease. Accuracy per class and source
+shows where that may happen. Each spreadsheet has the columns ``FILE NAME`` (the image's
+name without its extension; the Normal sheet writes ``NORMAL-1`` for ``Normal-1.png``),
+``FORMAT``, ``SIZE`` and ``URL`` (the source). A missing or unreadable spreadsheet, or an
+image absent from it, is reported and counted under an "unknown" source, never a failure.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+METADATA_SUFFIX = ".metadata.xlsx"
+NAME_COLUMN, SOURCE_COLUMN = "FILE NAME", "URL"
+NO_SPREADSHEET = "unknown (no metadata spreadsheet)"
+UNREADABLE = "unknown (metadata spreadsheet unreadable)"
+NOT_LISTED = "unknown (not in the metadata spreadsheet)"
+
+
+@dataclass
+class Sources:
+    """The source of each image (path relative to the data set root), and what could not be read."""
+
+    of: dict[str, str]
+    problems: list[str] = field(default_factory=list)
+
+
+def metadata_file(root: str | os.PathLike, class_name: str) -> Path:
+    return Path(root) / f"{class_name}{METADATA_SUFFIX}"
+
+
+def _key(name: str) -> str:
+    """A file name as the spreadsheets and the folders both can be matched: no extension, lower case."""
+    name = str(name).strip()
+    stem, dot, suffix = name.rpartition(".")
+    if dot and suffix.lower() in ("png", "jpg", "jpeg"):
+        name = stem
+    return name.lower()
+
+
+def read_sources(root: str | os.PathLike, paths: list[str], labels: list[str]) -> Sources:
+    """Each image's source from its class's spreadsheet (images are ``paths`` relative to ``root``)."""
+    tables, problems = {}, []
+    for class_name in sorted(set(labels)):
+        file = metadata_file(root, class_name)
+        if not file.is_file():
+            tables[class_name] = NO_SPREADSHEET
+            problems.append(f"{file.name}: missing; the sources of {class_name} are unknown")
+            continue
+        try:
+            sheet = pd.read_excel(file, dtype=str)
+            missing = [c for c in (NAME_COLUMN, SOURCE_COLUMN) if c not in sheet.columns]
+            if missing:
+                raise ValueError(f"no column {', '.join(missing)} (columns: {', '.join(map(str, sheet.columns))})")
+        except Exception as exc:  # openpyxl raises many kinds for a damaged file; each means the same here
+            tables[class_name] = UNREADABLE
+            problems.append(f"{file.name}: unreadable ({type(exc).__name__}: {str(exc).strip()[:200]}); the sources of {class_name} are unknown")
+            continue
+        sheet = sheet.dropna(subset=[NAME_COLUMN])
+        tables[class_name] = dict(zip(sheet[NAME_COLUMN].map(_key), sheet[SOURCE_COLUMN].fillna("").str.strip()))
+    of, not_listed = {}, {}
+    for path, label in zip(paths, labels):
+        table = tables[label]
+        if isinstance(table, str):
+            of[path] = table
+            continue
+        source = table.get(_key(Path(path).name))
+        if not source:
+            not_listed[label] = not_listed.get(label, 0) + 1
+        of[path] = source or NOT_LISTED
+    problems += [f"{label}: {count} image(s) not in {metadata_file(root, label).name}" for label, count in sorted(not_listed.items())]
+    return Sources(of, problems)
+
+
+def accuracy_by_source(test: pd.DataFrame, sources: Sources) -> list[dict]:
+    """Test accuracy per (true class, source), with counts, from a predictions table (path, true, predicted)."""
+    table = test.assign(source=test["path"].map(sources.of), correct=test["true"] == test["predicted"])
+    rows = []
+    for (label, source), group in table.groupby(["true", "source"], sort=True):
+        rows.append({"class": label, "source": source, "images": int(len(group)), "correct": int(group["correct"].sum()),
+                     "accuracy": float(group["correct"].mean()) if len(group) else float("nan")})
+    return rows
+
+
+def short_source(source: str, width: int = 48) -> str:
+    """A source URL shortened for a table: no scheme, no query or fragment, at most ``width`` characters."""
+    text = source.split("://", 1)[-1].split("#", 1)[0].split("?", 1)[0].rstrip("/")
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def summarise(test: pd.DataFrame, sources: Sources) -> dict:
+    """The record for metrics.json: accuracy per class and source, unknown sources and what went wrong."""
+    return {
+        "by_class_and_source": accuracy_by_source(test, sources),
+        "images": int(len(test)),
+        "unknown_source": int(np.sum([sources.of.get(p, "").startswith("unknown") for p in test["path"]])),
+        "problems": sources.problems,
+    }

@@ -1,0 +1,199 @@
+"""The trained model as a product: the saved model, the predict command, LiteRT exports and the model card."""
+import json
+import shutil
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+import papermill
+import pytest
+from PIL import Image
+
+from covid_mobilenet import benchmark, export, predict
+from covid_mobilenet.files import file_sha256
+from covid_mobilenet.params import EXPERIMENT_NOTEBOOK
+from tests.conftest import tiny_params
+
+
+@pytest.fixture(scope="module")
+def trained_run(tiny_root, tmp_path_factory):
+    """One finished run of the notebook on the tiny set: (run folder, its metrics)."""
+    folder = tmp_path_factory.mktemp("product")
+    papermill.execute_notebook(str(EXPERIMENT_NOTEBOOK), str(folder / "executed.ipynb"), kernel_name="python3",
+                               progress_bar=False, parameters=tiny_params(folder, tiny_root, epochs=3))
+    run = folder / "results" / "mn_resultset1" / "seed-42"
+    return run, json.loads((run / "metrics.json").read_text())
+
+
+def test_every_run_saves_its_model_in_float32_and_records_it(trained_run):
+    run, metrics = trained_run
+    record = metrics["saved_model"]
+    model_file = run / record["file"]
+    assert record["file"] == "model.keras" and record["dtype"] == "float32"
+    assert record["bytes"] == model_file.stat().st_size and record["sha256"] == file_sha256(model_file)
+    model = keras.saving.load_model(model_file, compile=False)
+    assert model.input_shape == (None, 32, 32, 3) and model.output_shape == (None, 4)
+    assert all(w.dtype == "float32" for w in model.weights)
+    assert record["bytes"] < 1.2 * 4 * metrics["model"]["parameters"], "the weights alone, no optimizer state"
+    assert record["class_names"] == metrics["dataset"]["class_names"]
+
+
+def test_a_model_trained_in_mixed_precision_is_saved_in_float32(tmp_path):
+    from types import SimpleNamespace
+
+    from covid_mobilenet.experiment import inference_copy
+    from covid_mobilenet.model import build_model
+
+    params = {"image_size": 32, "train_base": True, "batchnorm_momentum": None, "hidden_layers": 1, "dense_units": 8,
+              "dropout": 0.5, "seed": 1}
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        mixed = build_model(4, weights=None, **params)
+        copy = inference_copy(mixed, SimpleNamespace(class_names=list("abcd")), params)
+        pixels = np.random.default_rng(0).integers(0, 255, (4, 32, 32, 3)).astype(np.uint8)
+        expected = np.asarray(mixed.predict(pixels, verbose=0), np.float32)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert mixed.layers[2].compute_dtype == "float16" and copy.layers[2].compute_dtype == "float32"
+    assert np.allclose(copy.predict(pixels, verbose=0), expected, atol=5e-3), "same weights, float32 arithmetic"
+
+
+def test_predict_agrees_with_the_notebooks_own_test_predictions(trained_run, tmp_path, capsys):
+    run, metrics = trained_run
+    notebook = pd.read_csv(run / "predictions.csv").query("split == 'test'").reset_index(drop=True)
+    root = metrics["dataset"]["root"]
+    images = [f"{root}/{path}" for path in notebook["path"]]
+    assert predict.main([*images, "--run", str(run), "--csv", str(tmp_path / "p.csv")]) == 0
+    ours = pd.read_csv(tmp_path / "p.csv")
+    assert len(ours) == len(notebook) and ours["path"].tolist() == images
+    assert (ours["predicted"] == notebook["predicted"]).all()
+    columns = [f"p_{name}" for name in metrics["dataset"]["class_names"]]
+    assert np.abs(ours[columns].to_numpy() - notebook[columns].to_numpy()).max() < 1e-4
+    assert "predicted with" in capsys.readouterr().err
+
+
+def test_predict_reads_every_image_kind_names_a_broken_file_and_searches_folders(trained_run, tmp_path, capsys):
+    run, metrics = trained_run
+    source = np.asarray(Image.open(f"{metrics['dataset']['root']}/{pd.read_csv(run / 'predictions.csv')['path'][0]}").convert("L"))
+    folder = tmp_path / "images"
+    (folder / "nested").mkdir(parents=True)
+    Image.fromarray(source, "L").save(folder / "gray.png")
+    Image.fromarray(np.stack([source] * 3, -1), "RGB").save(folder / "rgb.png")
+    Image.fromarray(np.stack([source] * 3 + [np.full_like(source, 255)], -1), "RGBA").save(folder / "rgba.png")
+    Image.fromarray(source.astype(np.uint16) * 257).save(folder / "sixteen.png")  # 16-bit grayscale PNG
+    Image.fromarray(np.stack([source] * 3, -1), "RGB").resize((523, 411)).save(folder / "nested" / "large.jpg", quality=95)
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not the rest of a PNG")
+    (folder / "notes.txt").write_text("not an image, not listed")
+    assert Image.open(folder / "sixteen.png").mode.startswith("I")
+
+    exit_status = predict.main([str(folder), "--run", str(run), "--csv", str(tmp_path / "p.csv"),
+                                "--gradcam", str(tmp_path / "heatmaps")])
+    assert exit_status == 1, "one file failed"
+    err = capsys.readouterr().err
+    assert "skipped" in err and "broken.png" in err
+    table = pd.read_csv(tmp_path / "p.csv").set_index("path")
+    names = {path.rsplit("/", 1)[-1] for path in table.index}
+    assert names == {"gray.png", "rgb.png", "rgba.png", "sixteen.png", "large.jpg"}
+    probabilities = table.filter(like="p_")
+    assert np.allclose(probabilities.sum(axis=1), 1)
+    # the same picture as 8-bit gray, RGB, RGBA and 16-bit decodes to the same pixels, so the same answer
+    same = probabilities.loc[[str(folder / n) for n in ("gray.png", "rgb.png", "rgba.png", "sixteen.png")]].to_numpy()
+    assert np.abs(same - same[0]).max() < 1e-6
+    assert len(list((tmp_path / "heatmaps").glob("*.gradcam.png"))) == 5
+
+
+def test_predict_without_a_model_says_how_to_get_one(tmp_path, capsys):
+    assert predict.main([str(tmp_path), "--results-dir", str(tmp_path / "results")]) == 2
+    err = capsys.readouterr().err
+    assert "No finished run on the real data" in err and "run_all.py" in err
+
+
+def test_the_best_run_is_the_most_accurate_real_run(tmp_path):
+    for name, accuracy, demo in (("a", 0.8, False), ("b", 0.9, False), ("c", 0.99, True)):
+        run = tmp_path / name / "seed-1"
+        run.mkdir(parents=True)
+        (run / "metrics.json").write_text(json.dumps({"test": {"accuracy": accuracy}, "dataset": {"demo": demo}}))
+        (run / "model.keras").write_bytes(b"x")
+    assert predict.best_run(tmp_path) == tmp_path / "b" / "seed-1"
+    assert predict.best_run(tmp_path, allow_demo=True) == tmp_path / "c" / "seed-1"
+
+
+@pytest.fixture(scope="module")
+def exported(trained_run, tmp_path_factory):
+    run, metrics = trained_run
+    out = tmp_path_factory.mktemp("export")
+    return export.export_run(run, out, calibration=24, say=lambda *_: None), out, metrics
+
+
+def test_the_three_exports_load_predict_and_int8_takes_uint8(exported, trained_run):
+    record, out, metrics = exported
+    run = trained_run[0]
+    assert [row["format"] for row in record["formats"]] == ["Keras (.keras, float32)", "LiteRT float32", "LiteRT float16", "LiteRT int8"]
+    test = pd.read_csv(run.parent.parent / metrics["dataset"]["split_file"]).query("split == 'test'")
+    assert record["test_images"] == len(test) and record["calibration"] == {"images": 24, "split": "train", "seed": 0}
+    pixels = export.load_pixels(Path(metrics["dataset"]["root"]), test["path"][:3], 32)
+    keras_model = keras.saving.load_model(run / "model.keras", compile=False)
+    expected = keras_model.predict(pixels, verbose=0)
+    for variant in export.VARIANTS:
+        lite = export.LiteModel(out / f"model_{variant}.tflite", threads=1)
+        assert (lite.input_dtype == np.uint8) == (variant == "int8")
+        outputs = np.stack([lite(image) for image in pixels])
+        assert outputs.shape == expected.shape and np.allclose(outputs.sum(axis=1), 1, atol=0.02)
+        if variant != "int8":
+            assert np.abs(outputs - expected).max() < 1e-2
+    rows = {row["format"]: row for row in record["formats"]}
+    assert rows["LiteRT float32"]["agreement_with_keras"] == 1.0
+    for row in record["formats"]:
+        assert 0 <= row["accuracy"] <= 1 and row["median_latency_ms"] > 0 and row["bytes"] > 0
+    assert rows["LiteRT int8"]["bytes"] < 0.35 * rows["LiteRT float32"]["bytes"]
+    assert rows["LiteRT float16"]["bytes"] < 0.6 * rows["LiteRT float32"]["bytes"]
+    assert json.loads((out / "export.json").read_text()) == record
+
+
+def test_the_model_card_is_generated_from_the_runs_files(exported):
+    record, out, metrics = exported
+    card = (out / "MODEL_CARD.md").read_text()
+    assert "synthetic demo set: these numbers say nothing about chest X-rays" in card
+    assert "Not a medical device. Not for diagnosis" in card
+    assert metrics["dataset"]["split_sha256"][:12] in card
+    low = metrics["test"]["intervals"]["accuracy"]["low"]
+    assert f"{100 * metrics['test']['accuracy']:.2f}% [{100 * low:.1f}," in card
+    assert "no lungs" in card and "Grad-CAM" in card and "## Known limitations" in card
+    assert export.export_table(record) in card
+    assert f"learning rate {metrics['params']['learning_rate']:g}" in card
+
+
+def test_export_refuses_a_folder_that_is_not_a_finished_run(tmp_path, capsys):
+    assert export.main([str(tmp_path)]) == 2
+    assert "is not a finished run with a saved model" in capsys.readouterr().err
+
+
+def test_the_benchmark_compares_int8_with_float32_side_by_side(trained_run):
+    figures = benchmark.measure_quantization(trained_run[0])
+    rows = {row["format"]: row for row in figures["formats"]}
+    ratio = figures["int8_vs_float32"]
+    assert ratio["latency_ratio"] == rows["LiteRT int8"]["median_latency_ms"] / rows["LiteRT float32"]["median_latency_ms"]
+    assert ratio["accuracy_difference_vs_float32"] == pytest.approx(
+        100 * (rows["LiteRT int8"]["accuracy"] - rows["LiteRT float32"]["accuracy"]))
+    assert benchmark.measure_quantization(None)["skipped"].startswith("no finished run")
+
+
+def test_an_exported_folder_can_be_copied_and_used_alone(exported, tmp_path):
+    record, out, _ = exported
+    shutil.copy(out / "model_int8.tflite", tmp_path / "model.tflite")
+    lite = export.LiteModel(tmp_path / "model.tflite", threads=2)
+    assert lite(np.zeros((32, 32, 3), np.uint8)).shape == (4,)
+
+
+def test_a_real_export_fills_the_readme_table_a_demo_one_never(exported, tmp_path):
+    from covid_mobilenet import summary
+
+    record = exported[0]
+    assert record["demo"] is True  # export.main leaves the README alone for it
+    readme = tmp_path / "README.md"
+    readme.write_text(f"before\n{export.EXPORT_START}\nold\n{export.EXPORT_END}\nafter\n")
+    assert summary.replace_readme_section(readme, export.readme_section({**record, "demo": False}),
+                                          (export.EXPORT_START, export.EXPORT_END))
+    text = readme.read_text()
+    assert "old" not in text and "| LiteRT int8 |" in text and text.endswith(f"{export.EXPORT_END}\nafter\n")
