@@ -293,7 +293,10 @@ def _run_steps(params: dict) -> None:
     data = experiment.prepare_data(params, runtime)
     model = experiment.build(params, data, runtime)
     history = experiment.train(model, data, params)
-    experiment.evaluate(model, data, experiment.predict(model, data), params, history, runtime)
+    predictions = experiment.predict(model, data)
+    # the shortcut checks too, as every notebook runs them: in fast mode they need the backbone again
+    analysis = experiment.look_for_shortcuts(experiment.full_model(model, data, params), data, predictions, params, runtime)
+    experiment.evaluate(model, data, predictions, params, history, runtime, analysis)
     del model, data
     keras.backend.clear_session(free_memory=True)  # as a new notebook kernel would start: nothing held over
 

@@ -58,8 +58,11 @@ MIRRORED = textwrap.dedent("""
     data = experiment.prepare_data(params, run)
     model = experiment.build(params, data, run)
     history = experiment.train(model, data, params)
-    metrics = experiment.evaluate(model, data, experiment.predict(model, data), params, history, run)
+    predictions = experiment.predict(model, data)
+    analysis = experiment.look_for_shortcuts(experiment.full_model(model, data, params), data, predictions, params, run)
+    metrics = experiment.evaluate(model, data, predictions, params, history, run, analysis)
     print("RESULT", json.dumps({
+        "checked": metrics["shortcuts"]["regions"]["no_lungs"]["images"], "test_size": data.pipelines.sizes["test"],
         "replicas": run.replicas, "batch": data.pipelines.batch_size, "steps": data.pipelines.steps_per_epoch,
         "train": data.pipelines.sizes["train"], "variable": type(model.trainable_weights[0].value).__name__,
         "losses": history["loss"].tolist(), "runtime": metrics["runtime"], "test": metrics["test"]["accuracy"],
@@ -79,4 +82,5 @@ def test_training_under_mirrored_strategy_on_two_logical_cpus(tmp_path, tiny_roo
     assert result["steps"] == -(-result["train"] // 16)
     assert "Mirrored" in result["variable"]
     assert len(result["losses"]) == 2 and all(loss == loss for loss in result["losses"])  # finite
+    assert result["checked"] == result["test_size"], "the shortcut checks (Grad-CAM, regions) run under the strategy too"
     assert (tmp_path / "results" / "mirrored").is_dir()
