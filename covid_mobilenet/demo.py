@@ -28,9 +28,12 @@ Command line: ``python -m covid_mobilenet.demo --help``.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
+import re
 import shutil
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -197,7 +200,7 @@ def generate_demo_dataset(
             previous = (pixels, mask, source)
             rows.append({"FILE NAME": f"{METADATA_NAMES.get(label, label)}-{n}", "FORMAT": "PNG",
                          "SIZE": f"{image_size}*{image_size}", "URL": source})
-        pd.DataFrame(rows).to_excel(root / f"{label}.metadata.xlsx", index=False)
+        write_spreadsheet(pd.DataFrame(rows), root / f"{label}.metadata.xlsx")
     settings = {
         "version": DEMO_VERSION, "images": images, "seed": seed, "image_size": image_size, "class_counts": class_counts(images),
         "sources": DEMO_SOURCES,
@@ -207,6 +210,21 @@ def generate_demo_dataset(
     }
     (root / DEMO_RECORD).write_text(json.dumps(settings, indent=2) + "\n")  # last: the set is complete
     return root
+
+
+def write_spreadsheet(table: pd.DataFrame, path: Path) -> None:
+    """An .xlsx file whose bytes depend on ``table`` only: openpyxl stamps the time of writing into the
+    document's properties and its zip entries, so both are set to a fixed date."""
+    buffer = io.BytesIO()
+    table.to_excel(buffer, index=False)
+    fixed = io.BytesIO()
+    with zipfile.ZipFile(buffer) as written, zipfile.ZipFile(fixed, "w", zipfile.ZIP_DEFLATED) as out:
+        for entry in written.infolist():
+            data = written.read(entry)
+            if entry.filename == "docProps/core.xml":
+                data = re.sub(rb"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", b"2020-01-01T00:00:00Z", data)
+            out.writestr(zipfile.ZipInfo(entry.filename, date_time=(2020, 1, 1, 0, 0, 0)), data, zipfile.ZIP_DEFLATED)
+    path.write_bytes(fixed.getvalue())
 
 
 def _clear_previous_demo(root: Path) -> None:
