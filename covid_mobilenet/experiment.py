@@ -3,10 +3,10 @@
 A run's outputs, under ``<results_dir>/<experiment>/seed-<seed>/``: ``metrics.json``
 (written last, atomically: its presence means the run finished), ``predictions.csv``
 (every validation and test image's prediction), ``model.keras`` (the trained model, float32, pixels in),
-``shortcuts.csv`` (every test image under each input
-region, with its Grad-CAM energy inside the lungs and its source), ``gradcam.png``, ``history.csv``,
-``confusion_matrix.png`` and ``tensorboard/``; the training curves go to
-``<graph_dir>/<n>-seed-<seed>.png``, and the split table to ``<results_dir>/split-<hash>.csv``.
+``shortcuts.csv`` (every test image under each input region, with its Grad-CAM energy inside the lungs
+and its source), ``gradcam.png``, ``history.csv``, ``confusion_matrix.png`` and ``tensorboard/``; the
+training curves go to ``<graph_dir>/<n>-seed-<seed>.png``, and the split table to
+``<results_dir>/split-<hash>.csv``.
 """
 from __future__ import annotations
 
@@ -21,9 +21,9 @@ import pandas as pd
 
 from . import evaluation, files, report, shortcuts, statistics, training
 from .data import ImageIndex, Split, locate_dataset, scan_dataset, split_images
-from .masks import REGION_LABELS, restrict_to_masked
 from .demo import is_demo_dataset
 from .features import FeatureCache, cached_features
+from .masks import REGION_LABELS, restrict_to_masked
 from .model import build_head, build_model, compile_model
 from .params import check_parameters, resolve_path
 from .pipeline import SplitPipelines, split_pipelines
@@ -116,11 +116,7 @@ def full_model(model: keras.Model, data: PreparedData, params: dict) -> keras.Mo
     it was trained on (what Grad-CAM and the region tests need)."""
     if data.features is None:
         return model
-    whole = build_model(
-        len(data.class_names), image_size=params["image_size"], weights=params["weights"], train_base=False,
-        batchnorm_momentum=params["batchnorm_momentum"], hidden_layers=params["hidden_layers"],
-        dense_units=params["dense_units"], dropout=params["dropout"], seed=params["seed"],
-    )
+    whole = _study_model(data, params, weights=params["weights"], train_base=False)
     for layer in model.layers:
         if layer.weights:
             whole.get_layer(layer.name).set_weights(layer.get_weights())
@@ -133,15 +129,19 @@ def inference_copy(model: keras.Model, data: PreparedData, params: dict) -> kera
     policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy("float32")
     try:
-        copy = build_model(
-            len(data.class_names), image_size=params["image_size"], weights=None, train_base=params["train_base"],
-            batchnorm_momentum=params["batchnorm_momentum"], hidden_layers=params["hidden_layers"],
-            dense_units=params["dense_units"], dropout=params["dropout"], seed=params["seed"],
-        )
+        copy = _study_model(data, params, weights=None, train_base=params["train_base"])
     finally:
         keras.mixed_precision.set_global_policy(policy)
     copy.set_weights(model.get_weights())
     return copy
+
+
+def _study_model(data: PreparedData, params: dict, *, weights: str | None, train_base: bool) -> keras.Model:
+    return build_model(
+        len(data.class_names), image_size=params["image_size"], weights=weights, train_base=train_base,
+        batchnorm_momentum=params["batchnorm_momentum"], hidden_layers=params["hidden_layers"],
+        dense_units=params["dense_units"], dropout=params["dropout"], seed=params["seed"],
+    )
 
 
 def save_model(whole: keras.Model, data: PreparedData, params: dict) -> dict:

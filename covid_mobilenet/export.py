@@ -59,8 +59,8 @@ def interpreter_class():
         return tf.lite.Interpreter, "tf.lite"
 
 
-def run_files(run: Path) -> tuple[dict, pd.DataFrame, Path]:
-    """The run's metrics, its split table and the data set root, checked."""
+def run_files(run: Path, data_dir: Path | None = None) -> tuple[dict, pd.DataFrame, Path]:
+    """The run's metrics, its split table and the data set root (``data_dir`` when the data moved), checked."""
     run = Path(run)
     metrics_file, model_file = run / METRICS_FILE, run / MODEL_FILE
     if not metrics_file.is_file() or not model_file.is_file():
@@ -70,10 +70,10 @@ def run_files(run: Path) -> tuple[dict, pd.DataFrame, Path]:
     split_file = run.parent.parent / metrics["dataset"]["split_file"]
     if not split_file.is_file():
         raise ExportError(f"The run's split table {split_file} is missing; it names the training and test images.")
-    root = Path(metrics["dataset"]["root"])
+    root = Path(data_dir or metrics["dataset"]["root"])
     if not root.is_dir():
         raise ExportError(f"The data set the run used, {root}, is not on this machine: export calibrates on its "
-                          "training images and measures on its test images. Put it back at that path.")
+                          "training images and measures on its test images. Pass --data-dir with its new place.")
     return metrics, pd.read_csv(split_file), root
 
 
@@ -158,7 +158,7 @@ def keras_single_image(model):
 
 
 def export_run(run: Path, out: Path | None = None, *, threads: int = 1, calibration: int = CALIBRATION_IMAGES,
-               say=print) -> dict:
+               data_dir: Path | None = None, say=print) -> dict:
     """Export, measure, and write export.json and MODEL_CARD.md into ``out`` (default: <run>/export)."""
     import keras
     import tensorflow as tf
@@ -170,7 +170,7 @@ def export_run(run: Path, out: Path | None = None, *, threads: int = 1, calibrat
         say("TensorFlow was already running in this process: the Keras latency uses its thread settings")
     keras_threads = tf.config.threading.get_intra_op_parallelism_threads() or "TensorFlow's default"
     run = Path(run)
-    metrics, split, root = run_files(run)
+    metrics, split, root = run_files(run, data_dir)
     out = Path(out) if out is not None else run / EXPORT_FOLDER
     out.mkdir(parents=True, exist_ok=True)
     class_names, image_size = metrics["dataset"]["class_names"], metrics["params"]["image_size"]
@@ -252,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run", type=Path, help="a finished run's folder, results/<experiment>/seed-<seed>")
     parser.add_argument("--out", type=Path, help="where the exports go (default: <run>/export)")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads for every latency (default: %(default)s)")
+    parser.add_argument("--data-dir", type=Path, help="the data set's folder, when it is no longer where the run found it")
     parser.add_argument("--no-readme", action="store_true", help="leave the README's export table alone (a real run fills it)")
     parser.add_argument("--calibration", type=int, default=CALIBRATION_IMAGES,
                         help="training images that calibrate int8 (default: %(default)s; never test images)")
@@ -259,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads < 1 or args.calibration < 1:
         parser.error("--threads and --calibration must be at least 1")
     try:
-        record = export_run(args.run, args.out, threads=args.threads, calibration=args.calibration)
+        record = export_run(args.run, args.out, threads=args.threads, calibration=args.calibration, data_dir=args.data_dir)
     except ExportError as exc:
         print(f"export: {exc}", file=sys.stderr)
         return 2

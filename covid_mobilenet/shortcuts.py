@@ -205,21 +205,22 @@ def panel_examples(test: pd.DataFrame, class_names: list[str], per_class: int = 
 
 
 def _panel(gradcam, test, paths, mask_paths, has_mask, class_names, image_size, input_region, title) -> Figure:
+    """The panel of ``panel_examples``, each image as the model saw it (its input region), with its heatmap."""
     chosen = panel_examples(test, class_names)
-    full_masks = [mask_paths[i] if has_mask[i] else None for i in chosen]
-    if input_region != "full" and not all(full_masks):
-        chosen = [i for i, m in zip(chosen, full_masks) if m]  # a region run's images all have masks
-        full_masks = [mask_paths[i] for i in chosen]
-    picked = [paths[i] for i in chosen]
-    images = np.stack(list(region_images(picked, image_size=image_size, region=input_region,
-                                         mask_paths=full_masks if input_region != "full" else None))) if chosen else np.zeros((0, image_size, image_size, 3), np.uint8)
-    cams = upsample(gradcam.cams(images)[0], image_size) if chosen else []
-    lungs = [None if m is None else load_mask(m, image_size).numpy() for m in full_masks]
+    if input_region != "full":  # a region run's test images all have masks; keep to those, to be safe
+        chosen = [i for i in chosen if has_mask[i]]
+    lung_files = [mask_paths[i] if has_mask[i] else None for i in chosen]
+    images, cams = np.zeros((0, image_size, image_size, 3), np.uint8), np.zeros((0, image_size, image_size))
+    if chosen:
+        shown = region_images([paths[i] for i in chosen], image_size=image_size, region=input_region,
+                              mask_paths=lung_files if input_region != "full" else None)
+        images = np.stack(list(shown.as_numpy_iterator()))
+        cams = upsample(gradcam.cams(images)[0], image_size)
+    lungs = [None if m is None else load_mask(m, image_size).numpy() for m in lung_files]
     titles = []
     for i in chosen:
         row = test.loc[i]
         mark = "right" if row["true"] == row["predicted"] else "WRONG"
         titles.append(f"{row['true']}\n-> {row['predicted']} ({row[f'p_{row.predicted}']:.2f}, {mark})")
-    columns = PANEL_PER_CLASS
-    return overlay_panel(images, cams, titles, lungs, columns,
+    return overlay_panel(images, cams, titles, lungs, PANEL_PER_CLASS,
                          f"{title}: Grad-CAM ({gradcam.layer}) for the predicted class; white: lung mask")

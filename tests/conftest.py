@@ -99,3 +99,21 @@ def demo_sweep(tiny_root, tmp_path_factory):
     started = time.perf_counter()
     first = run_all("--demo", *folders(tmp, tiny_root), *TINY, *ONLY_SWEPT)
     return tmp, first, time.perf_counter() - started, readme_before
+
+
+@pytest.fixture(scope="session")
+def finished_run(tiny_root, tmp_path_factory):
+    """One notebook run from a weights file (a saved random backbone: any file of the right shapes loads),
+    shared by the notebook's tests and the product's (predict, export): (folder, parameters)."""
+    import papermill
+
+    from covid_mobilenet.model import build_backbone
+    from covid_mobilenet.params import EXPERIMENT_NOTEBOOK
+
+    folder = tmp_path_factory.mktemp("run")
+    weights = folder / "random_backbone.weights.h5"
+    build_backbone(64, None).save_weights(weights)
+    params = tiny_params(folder, tiny_root, experiment="mn_resultset3", epochs=3, image_size=64, weights=str(weights))
+    papermill.execute_notebook(str(EXPERIMENT_NOTEBOOK), str(folder / "executed.ipynb"), parameters=params,
+                               kernel_name="python3", progress_bar=False)
+    return folder, params

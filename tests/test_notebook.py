@@ -18,7 +18,6 @@ from PIL import Image
 
 from covid_mobilenet.data import scan_dataset, split_hash, split_images
 from covid_mobilenet.masks import mask_file
-from covid_mobilenet.model import build_backbone
 from covid_mobilenet.weights import KERAS_WEIGHTS_URL
 from covid_mobilenet.params import EXPERIMENT_NOTEBOOK
 from tests.conftest import PROJECT, tiny_params
@@ -27,17 +26,6 @@ from tests.conftest import PROJECT, tiny_params
 def run_notebook(output: Path, **parameters) -> nbformat.NotebookNode:
     papermill.execute_notebook(str(EXPERIMENT_NOTEBOOK), str(output), parameters=parameters, kernel_name="python3", progress_bar=False)
     return nbformat.read(output, as_version=4)
-
-
-@pytest.fixture(scope="module")
-def finished_run(tiny_root, tmp_path_factory):
-    """One run from a weights file (a saved random backbone: any file of the right shapes loads)."""
-    folder = tmp_path_factory.mktemp("run")
-    weights = folder / "random_backbone.weights.h5"
-    build_backbone(64, None).save_weights(weights)
-    params = tiny_params(folder, tiny_root, experiment="mn_resultset3", epochs=3, image_size=64, weights=str(weights))
-    run_notebook(folder / "executed.ipynb", **params)
-    return folder, params
 
 
 def test_a_run_writes_every_output(finished_run):
@@ -155,7 +143,7 @@ def broken_masks(tiny_root, tmp_path_factory):
 
 def test_an_image_without_a_mask_or_with_another_size_is_counted_not_a_failure(broken_masks, tmp_path):
     root, without, resized = broken_masks
-    run_notebook(tmp_path / "executed.ipynb", **tiny_params(tmp_path, root))
+    run_notebook(tmp_path / "executed.ipynb", **tiny_params(tmp_path, root, epochs=1))
     run = tmp_path / "results" / "mn_resultset1" / "seed-42"
     metrics = json.loads((run / "metrics.json").read_text())
     shortcuts = metrics["shortcuts"]
@@ -171,7 +159,7 @@ def test_an_image_without_a_mask_or_with_another_size_is_counted_not_a_failure(b
 
 def test_training_on_the_lungs_alone_leaves_out_images_without_a_mask(broken_masks, tmp_path):
     root, without, resized = broken_masks
-    run_notebook(tmp_path / "executed.ipynb", **tiny_params(tmp_path, root, input_region="lungs"))
+    run_notebook(tmp_path / "executed.ipynb", **tiny_params(tmp_path, root, input_region="lungs", epochs=1))
     metrics = json.loads((tmp_path / "results" / "mn_resultset1" / "seed-42" / "metrics.json").read_text())
     assert metrics["params"]["input_region"] == "lungs" and metrics["shortcuts"]["input_region"] == "lungs"
     dataset = metrics["dataset"]

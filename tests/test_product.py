@@ -6,23 +6,17 @@ from pathlib import Path
 import keras
 import numpy as np
 import pandas as pd
-import papermill
 import pytest
 from PIL import Image
 
 from covid_mobilenet import benchmark, export, predict
 from covid_mobilenet.files import file_sha256
-from covid_mobilenet.params import EXPERIMENT_NOTEBOOK
-from tests.conftest import tiny_params
 
 
 @pytest.fixture(scope="module")
-def trained_run(tiny_root, tmp_path_factory):
-    """One finished run of the notebook on the tiny set: (run folder, its metrics)."""
-    folder = tmp_path_factory.mktemp("product")
-    papermill.execute_notebook(str(EXPERIMENT_NOTEBOOK), str(folder / "executed.ipynb"), kernel_name="python3",
-                               progress_bar=False, parameters=tiny_params(folder, tiny_root, epochs=3))
-    run = folder / "results" / "mn_resultset1" / "seed-42"
+def trained_run(finished_run):
+    """The notebook's finished run on the tiny set (conftest): (run folder, its metrics)."""
+    run = finished_run[0] / "results" / "mn_resultset3" / "seed-42"
     return run, json.loads((run / "metrics.json").read_text())
 
 
@@ -33,7 +27,7 @@ def test_every_run_saves_its_model_in_float32_and_records_it(trained_run):
     assert record["file"] == "model.keras" and record["dtype"] == "float32"
     assert record["bytes"] == model_file.stat().st_size and record["sha256"] == file_sha256(model_file)
     model = keras.saving.load_model(model_file, compile=False)
-    assert model.input_shape == (None, 32, 32, 3) and model.output_shape == (None, 4)
+    assert model.input_shape == (None, 64, 64, 3) and model.output_shape == (None, 4)
     assert all(w.dtype == "float32" for w in model.weights)
     assert record["bytes"] < 1.2 * 4 * metrics["model"]["parameters"], "the weights alone, no optimizer state"
     assert record["class_names"] == metrics["dataset"]["class_names"]
@@ -132,7 +126,7 @@ def test_the_three_exports_load_predict_and_int8_takes_uint8(exported, trained_r
     assert [row["format"] for row in record["formats"]] == ["Keras (.keras, float32)", "LiteRT float32", "LiteRT float16", "LiteRT int8"]
     test = pd.read_csv(run.parent.parent / metrics["dataset"]["split_file"]).query("split == 'test'")
     assert record["test_images"] == len(test) and record["calibration"] == {"images": 24, "split": "train", "seed": 0}
-    pixels = export.load_pixels(Path(metrics["dataset"]["root"]), test["path"][:3], 32)
+    pixels = export.load_pixels(Path(metrics["dataset"]["root"]), test["path"][:3], 64)
     keras_model = keras.saving.load_model(run / "model.keras", compile=False)
     expected = keras_model.predict(pixels, verbose=0)
     for variant in export.VARIANTS:
@@ -183,7 +177,7 @@ def test_an_exported_folder_can_be_copied_and_used_alone(exported, tmp_path):
     record, out, _ = exported
     shutil.copy(out / "model_int8.tflite", tmp_path / "model.tflite")
     lite = export.LiteModel(tmp_path / "model.tflite", threads=2)
-    assert lite(np.zeros((32, 32, 3), np.uint8)).shape == (4,)
+    assert lite(np.zeros((64, 64, 3), np.uint8)).shape == (4,)
 
 
 def test_a_real_export_fills_the_readme_table_a_demo_one_never(exported, tmp_path):
@@ -197,3 +191,17 @@ def test_a_real_export_fills_the_readme_table_a_demo_one_never(exported, tmp_pat
                                           (export.EXPORT_START, export.EXPORT_END))
     text = readme.read_text()
     assert "old" not in text and "| LiteRT int8 |" in text and text.endswith(f"{export.EXPORT_END}\nafter\n")
+
+
+def test_export_names_missing_data_and_takes_its_new_place(trained_run, tmp_path):
+    run, metrics = trained_run
+    moved = tmp_path / "results" / "mn_resultset1" / "seed-42"
+    shutil.copytree(run, moved, ignore=shutil.ignore_patterns("tensorboard"))
+    shutil.copy(run.parent.parent / metrics["dataset"]["split_file"], tmp_path / "results")
+    record = json.loads((moved / "metrics.json").read_text())
+    record["dataset"]["root"] = str(tmp_path / "gone")  # made on another machine
+    (moved / "metrics.json").write_text(json.dumps(record))
+    with pytest.raises(export.ExportError, match="is not on this machine.*--data-dir"):
+        export.run_files(moved)
+    _, split, root = export.run_files(moved, Path(metrics["dataset"]["root"]))
+    assert root == Path(metrics["dataset"]["root"]) and len(split) == metrics["dataset"]["total_images"]
