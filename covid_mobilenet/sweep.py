@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -436,8 +437,6 @@ def metrics_accuracy(job: Job) -> float | None:
 def export_best(mode: Mode) -> Outcome:
     """The best finished run of the mode's results, exported by ``python -m covid_mobilenet.export`` in a
     process of its own (run_all.py stays free of TensorFlow)."""
-    import sys
-
     from .predict import PredictError, best_run
 
     start = time.perf_counter()
