@@ -78,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     index = scan_dataset(root)
     print(f"{len(index.images)} images under {root}; image_size {args.image_size}, batch {args.batch_size}\n")
 
-    bench = {"settings": {**vars(args), "data_dir": str(args.data_dir), "output": str(args.output)}}
+    bench = {"settings": {**vars(args), "data_dir": str(args.data_dir), "output": str(args.output),
+                          "run": None if args.run is None else str(args.run)}}
     bench["pipeline"] = measure_pipeline(root, index, args.image_size, args.batch_size)
     bench["training"], in_memory = measure_training(index, args.image_size, args.batch_size, args.steps)
     bench["precision"] = measure_precision(bench["training"], in_memory, len(index.class_names), args.image_size)

@@ -29,5 +29,6 @@ def test_the_benchmark_measures_and_writes_every_figure(tmp_path, monkeypatch, c
     assert bench["precision"]["float32"]["images_per_second"] > 0
     assert {"cpu", "cpu_count", "gpus", "tensorflow"} <= set(bench["machine"])
     assert bench["quantization"]["skipped"].startswith("no finished run") and "int8_latency_ratio" not in bench
+    assert bench["settings"]["run"] is None
     printed = capsys.readouterr().out
     assert "pipeline_speedup" in printed and "fast_sweep_speedup" in printed and str(output) in printed
