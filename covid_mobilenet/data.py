@@ -278,6 +278,12 @@ def split_hash(table: pd.DataFrame) -> str:
     return hashlib.sha256("".join(rows).encode("utf-8")).hexdigest()
 
 
+def empty_cells(table: pd.DataFrame, labels) -> list[str]:
+    """"<class> in <split>" for every class of ``labels`` that has no image in a split of ``table``."""
+    return [f"{label} in {name}" for name in SPLITS for label in sorted(set(labels))
+            if not ((table["split"] == name) & (table["label"] == label)).any()]
+
+
 def split_images(
     images: pd.DataFrame, *, val_fraction: float = 0.16, test_fraction: float = 0.2, seed: int = 42
 ) -> Split:
@@ -311,12 +317,7 @@ def split_images(
         ) from None
     split_of_group = {sha: name for name, part in (("train", train), ("val", val), ("test", test)) for sha in part.index}
     table = images[["path", "label"]].assign(split=images["sha256"].map(split_of_group))
-    missing = [
-        f"{label} in {name}"
-        for name in SPLITS
-        for label in sorted(images["label"].unique())
-        if not ((table["split"] == name) & (table["label"] == label)).any()
-    ]
+    missing = empty_cells(table, images["label"])
     if missing:
         raise DatasetError(
             f"The split leaves no image of: {', '.join(missing)}. Add images to those classes or "

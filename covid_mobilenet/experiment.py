@@ -98,16 +98,12 @@ def prepare_data(params: dict, runtime: Runtime) -> PreparedData:
 
 def build(params: dict, data: PreparedData, runtime: Runtime) -> keras.Model:
     """The study's model, or in fast mode its head alone, built and compiled on the run's device(s)."""
-    head = dict(hidden_layers=params["hidden_layers"], dense_units=params["dense_units"],
-                dropout=params["dropout"], seed=params["seed"])
     with runtime.strategy.scope():
         if data.features is not None:
-            model = build_head(data.features.feature_shape, len(data.class_names), **head)
+            model = build_head(data.features.feature_shape, len(data.class_names), hidden_layers=params["hidden_layers"],
+                               dense_units=params["dense_units"], dropout=params["dropout"], seed=params["seed"])
         else:
-            model = build_model(
-                len(data.class_names), image_size=params["image_size"], weights=params["weights"],
-                train_base=params["train_base"], batchnorm_momentum=params["batchnorm_momentum"], **head,
-            )
+            model = _study_model(data, params, weights=params["weights"], train_base=params["train_base"])
         return compile_model(model, params["learning_rate"], jit_compile=params["jit_compile"])
 
 

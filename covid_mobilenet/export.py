@@ -218,6 +218,7 @@ def export_run(run: Path, out: Path | None = None, *, threads: int = 1, calibrat
         "formats": rows,
         "int8_vs_float32": {"size_ratio": int8["bytes"] / float32["bytes"],
                             "latency_ratio": int8["median_latency_ms"] / float32["median_latency_ms"],
+                            "accuracy_difference_vs_float32": int8["accuracy"] - float32["accuracy"],
                             "accuracy_difference_vs_keras": int8["accuracy"] - rows[0]["accuracy"]},
         "versions": {"tensorflow": tf.__version__, "keras": keras.__version__, "interpreter": rows[-1]["runtime"]},
     }

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from .data import MASKS_FOLDER, SPLITS, DatasetError, Split, split_hash
+from .data import MASKS_FOLDER, DatasetError, Split, empty_cells, split_hash
 
 REGIONS = ("full", "lungs", "no_lungs")
 REGION_LABELS = {"full": "full image", "lungs": "lungs only", "no_lungs": "no lungs"}
@@ -94,8 +94,7 @@ def restrict_to_masked(split: Split, root: str | os.PathLike) -> tuple[Split, di
     checked = check_masks(root, split.table["path"])
     keep = usable(checked).to_numpy()
     table = split.table.assign(mask=checked["mask"].to_numpy())[keep].reset_index(drop=True)
-    empty = [f"{label} in {name}" for name in SPLITS for label in sorted(split.table["label"].unique())
-             if not ((table["split"] == name) & (table["label"] == label)).any()]
+    empty = empty_cells(table, split.table["label"])
     if empty:
         raise DatasetError(
             f"Without the images that have no usable lung mask under {root}, no image is left of: {', '.join(empty)}. "

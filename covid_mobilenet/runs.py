@@ -45,6 +45,11 @@ def seed_of(folder: str | Path) -> int | None:
     return int(name[5:]) if name.startswith("seed-") and name[5:].isdigit() else None
 
 
+def seeds_in(folder: str | Path) -> list[int]:
+    """The seeds of the run folders (seed-<seed>) inside an experiment's folder, in order."""
+    return sorted(seed for seed in map(seed_of, Path(folder).glob("seed-*")) if seed is not None)
+
+
 def backup_dir(run_folder: Path) -> Path:
     return Path(run_folder) / BACKUP_FOLDER
 

@@ -21,7 +21,7 @@ from . import statistics
 from .files import write_csv
 from .masks import REGION_LABELS, REGIONS
 from .report import save_figure
-from .runs import region_experiment, seed_folder, seed_of
+from .runs import region_experiment, seed_folder, seeds_in
 from .sources import short_source
 
 SHORTCUTS_CSV = "shortcuts.csv"
@@ -168,7 +168,7 @@ def region_runs(results_dir: str | os.PathLike, baseline: str, seeds: list[int] 
     runs = {}
     for region in REGIONS:
         folder = Path(results_dir) / region_experiment(baseline, region)
-        found = seeds if seeds is not None else sorted(s for s in map(seed_of, folder.glob("seed-*")) if s is not None)
+        found = seeds if seeds is not None else seeds_in(folder)
         results = [read_result(folder / seed_folder(seed)) for seed in found]
         runs[region] = [r for r in results if r.status == "done"
                         and r.metrics.get("params", {}).get("input_region", "full") == region and r.metrics.get("shortcuts")]

@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 from . import PROJECT_ROOT, comparison, shortcut_summary
 from .files import write_atomic, write_csv
 from .report import save_figure
-from .runs import METRICS_FILE, seed_folder, seed_of
+from .runs import METRICS_FILE, seed_folder, seed_of, seeds_in
 
 CONFIG_FILE = PROJECT_ROOT / "experiments.json"
 README_FILE = PROJECT_ROOT / "README.md"
@@ -102,8 +102,7 @@ def collect_results(
     collected = {}
     for name in config["experiments"]:
         folder = Path(results_dir) / name
-        found = seeds if seeds is not None else sorted(
-            seed for seed in map(seed_of, folder.glob("seed-*")) if seed is not None)
+        found = seeds if seeds is not None else seeds_in(folder)
         runs = [read_result(folder / seed_folder(seed), allow_demo=allow_demo) for seed in found]
         collected[name] = runs or [ExperimentResult(name, "missing", problem=f"{folder} holds no results")]
     return collected
