@@ -26,6 +26,9 @@ EXAMPLES = """examples:
   python run_all.py --demo --regions            the baseline trained on full images, lungs only and no lungs, each
                                                 tested on all three: does the model need the lungs?
   python run_all.py --demo --export             then the best run as LiteRT float32/float16/int8, measured, with a model card
+  python run_all.py --backend slurm --partition gpu --time 90 --setup "module load cuda"
+                                                the pending runs as one Slurm job array (see "Running on a cluster")
+  python run_all.py --backend slurm --dry-run   the batch script that would be submitted, and the runs in it
 
 outputs: results/<experiment>/seed-<seed>/ (executed notebook, metrics.json, predictions.csv, history.csv,
 shortcuts.csv, gradcam.png, TensorBoard logs), Graph/<n>-seed-<seed>.png, results/summary.csv, runs.csv and summary.md, Graph/The_result_of_MobileNet_fine_tuning.png, and the
@@ -77,6 +80,31 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--results-dir", help="where experiment folders go (default: results, or results/demo)")
     parser.add_argument("--graph-dir", help="where graphs go (default: Graph, or Graph/demo)")
     parser.add_argument("--kernel", default="python3", help="Jupyter kernel that runs the notebooks (default: python3)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="list the runs that would run (and with --backend slurm show the batch script); run nothing")
+    parser.add_argument("--summary-only", action="store_true",
+                        help="train nothing: build the summary from the runs that have finished (after --no-wait, say)")
+    cluster = parser.add_argument_group(
+        "Slurm", "with --backend slurm the pending runs go to Slurm as one job array (submitit), each task one "
+                 "notebook on a shared filesystem; run_all.py waits and shows progress. Defaults: 1 GPU, 8 CPUs, 32 GB, "
+                 "120 min per task (--demo: no GPU, 2 CPUs, 4 GB, 30 min)")
+    cluster.add_argument("--backend", choices=["local", "slurm"], default="local",
+                         help="where the runs run: this machine (default) or a Slurm cluster")
+    cluster.add_argument("--partition", help="Slurm partition (default: the cluster's default)")
+    cluster.add_argument("--account", help="Slurm account to charge (default: yours)")
+    cluster.add_argument("--time", type=_minutes, metavar="MINUTES",
+                         help="time limit per task, in minutes or H:MM:SS; a task that reaches it is requeued and resumes "
+                              "from its last finished epoch (up to 3 times)")
+    cluster.add_argument("--gpus", type=int, metavar="N", help="GPUs per task")
+    cluster.add_argument("--cpus", type=int, metavar="N", help="CPUs per task")
+    cluster.add_argument("--mem", type=int, metavar="GB", help="memory per task in GB")
+    cluster.add_argument("--max-at-once", type=int, metavar="N", help="tasks of the array running at once (default: no limit)")
+    cluster.add_argument("--setup", action="append", default=[], metavar="LINE",
+                         help="a shell line each task runs first, e.g. --setup 'module load cuda' (may be repeated)")
+    cluster.add_argument("--no-wait", action="store_true",
+                         help="return once submitted, printing the job id and the command that builds the summary later")
+    cluster.add_argument("--poll", type=float, default=30, metavar="SECONDS",
+                         help="how often to ask Slurm (sacct) for the tasks' states while waiting (default: %(default)s)")
     args = parser.parse_args(argv)
     if args.jobs is None:
         args.jobs = 2 if args.demo or args.fast else 1
@@ -86,7 +114,41 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("give --seeds or --seed-values, not both")
     if args.regions and args.only:
         parser.error("--regions trains the baseline of the configurations file (its 'baseline'); leave out --only")
+    if args.backend == "local" and (args.no_wait or args.setup or any(
+            getattr(args, name) is not None for name in ("partition", "account", "time", "gpus", "cpus", "mem", "max_at_once"))):
+        parser.error("the Slurm options (--partition, --time, --no-wait, ...) need --backend slurm")
+    for name in ("gpus", "cpus", "mem", "max_at_once", "time"):
+        value = getattr(args, name)
+        if value is not None and value < (0 if name == "gpus" else 1):
+            parser.error(f"--{name.replace('_', '-')} {value}: must be at least {0 if name == 'gpus' else 1}")
     return args
+
+
+def _minutes(text: str) -> int:
+    """--time: minutes (90) or H:MM:SS (1:30:00) or H:MM (1:30), as whole minutes, rounded up."""
+    parts = text.split(":")
+    try:
+        numbers = [int(part) for part in parts]
+    except ValueError:
+        numbers = []
+    if not numbers or len(numbers) > 3 or min(numbers) < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected minutes (90) or H:MM:SS (1:30:00)")
+    if len(numbers) == 1:
+        return numbers[0]
+    seconds = numbers[0] * 3600 + numbers[1] * 60 + (numbers[2] if len(numbers) == 3 else 0)
+    return -(-seconds // 60)
+
+
+def slurm_options(args: argparse.Namespace):
+    """The tasks' requests: the command line's, else the defaults for real runs or for the demo."""
+    from covid_mobilenet.slurm import SlurmOptions
+
+    defaults = dict(time_min=30, gpus=0, cpus=2, mem_gb=4) if args.demo else dict(time_min=120, gpus=1, cpus=8, mem_gb=32)
+    given = dict(time_min=args.time, gpus=args.gpus, cpus=args.cpus, mem_gb=args.mem)
+    return SlurmOptions(
+        partition=args.partition, account=args.account, max_at_once=args.max_at_once, setup=tuple(args.setup),
+        **{key: defaults[key] if value is None else value for key, value in given.items()},
+    )
 
 
 def cli_overrides(args: argparse.Namespace) -> dict:
@@ -104,8 +166,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.perf_counter()
     # Imported after parsing, so that --help answers at once.
-    from tqdm import tqdm
-
     from covid_mobilenet import sweep
     from covid_mobilenet.data import DatasetError
     from covid_mobilenet.weights import WeightsError
@@ -121,40 +181,133 @@ def main(argv: list[str] | None = None) -> int:
             jobs = sweep.plan_regions(config, mode, cli_overrides(args), seeds)
         else:
             jobs = sweep.plan(config, sweep.select(config, args.only), mode, cli_overrides(args), seeds)
-        if mode.demo:
-            sweep.prepare_demo_data(mode, config, jobs)
-        sweep.preflight(jobs, mode)
+        if not (args.dry_run or args.summary_only):
+            if mode.demo:
+                sweep.prepare_demo_data(mode, config, jobs)
+            sweep.preflight(jobs, mode)
     except (ParameterError, ConfigError, DatasetError, WeightsError, sweep.SweepError) as exc:
         print(f"run_all.py: {exc}", file=sys.stderr)
         return 2
 
+    results_dir = resolve_path(mode.results_dir)
     print(f"{mode.label} sweep{' of the input regions' if args.regions else ''}: {len(jobs)} runs "
           f"({len(jobs) // len(seeds)} {'regions' if args.regions else 'configurations'} x {len(seeds)} "
-          f"seed{'s' if len(seeds) > 1 else ''}), results in {resolve_path(mode.results_dir)}")
+          f"seed{'s' if len(seeds) > 1 else ''}), results in {results_dir}")
     outcomes, to_run = [], []
+    queued = queued_in_slurm(jobs, results_dir)
     for job in jobs:
         finished, reason = sweep.previous_run(job)
-        if finished and not args.force:
+        if job.name in queued:
+            outcomes.append(sweep.Outcome(job.name, "queued", detail=f"still in Slurm as job {queued[job.name]}; not run again"))
+        elif finished and not args.force:
             outcomes.append(sweep.Outcome(job.name, "skipped", detail=reason, test_accuracy=sweep.metrics_accuracy(job)))
+        elif args.summary_only:
+            outcomes.append(sweep.Outcome(job.name, "missing", detail=reason))
         else:
             print(f"{job.name}: {'forced' if args.force else reason}")
-            sweep.set_aside_previous_results(job, args.force)
+            if not args.dry_run:
+                sweep.set_aside_previous_results(job, args.force)
             to_run.append(job)
 
-    progress = tqdm(total=len(jobs), initial=len(outcomes), desc="runs", unit="run", position=0)
+    if args.dry_run:
+        return dry_run(args, to_run, results_dir, mode)
+    if args.summary_only:
+        return finish(args, mode, config_file, seeds, jobs, outcomes, started, partial_ok=False)
+    if args.backend == "slurm":
+        ran = run_in_slurm(args, to_run, results_dir, mode, argv)
+    else:
+        ran = run_locally(args, to_run, len(jobs), len(outcomes))
+    if isinstance(ran, int):  # interrupted, or submitted without waiting
+        return ran
+    return finish(args, mode, config_file, seeds, jobs, outcomes + ran, started)
 
-    def report(outcome: sweep.Outcome) -> None:
+
+def queued_in_slurm(jobs, results_dir) -> dict[str, str]:
+    """Runs that an earlier --backend slurm submission still has pending or running (none without Slurm)."""
+    from covid_mobilenet.slurm import still_queued
+
+    return still_queued(jobs, results_dir)
+
+
+def progress_bar(total: int, done: int):
+    from tqdm import tqdm
+
+    progress = tqdm(total=total, initial=done, desc="runs", unit="run", position=0)
+
+    def report(outcome) -> None:
         progress.update()
         note = f"test accuracy {outcome.test_accuracy:.4f}" if outcome.test_accuracy is not None else outcome.detail
         tqdm.write(f"{outcome.name}: {outcome.status} in {outcome.seconds:.0f} s; {note}")
 
+    return progress, report
+
+
+def run_locally(args, to_run, total: int, done: int):
+    from covid_mobilenet import sweep
+
+    progress, report = progress_bar(total, done)
     try:
-        outcomes += sweep.run_jobs(to_run, kernel=args.kernel, parallel=args.jobs, on_done=report, cell_progress=sys.stderr.isatty())
+        return sweep.run_jobs(to_run, kernel=args.kernel, parallel=args.jobs, on_done=report, cell_progress=sys.stderr.isatty())
     except KeyboardInterrupt:
-        progress.close()
         print("\nInterrupted. Finished experiments are kept; run the same command again to resume.", file=sys.stderr)
         return 130
-    progress.close()
+    finally:
+        progress.close()
+
+
+def run_in_slurm(args, to_run, results_dir, mode, argv):
+    """Submit the pending runs as one array; wait for it with progress, or return at once with --no-wait."""
+    import shlex
+
+    from covid_mobilenet import slurm
+
+    if not to_run:
+        return []
+    try:
+        tasks = slurm.submit(to_run, results_dir, slurm_options(args), args.kernel, job_name=f"covid-mobilenet-{mode.name}")
+    except slurm.SlurmError as exc:
+        print(f"run_all.py: {exc}", file=sys.stderr)
+        return 2
+    array = slurm.array_id(tasks)
+    given = [arg for arg in (sys.argv[1:] if argv is None else argv) if arg != "--no-wait"]
+    later = shlex.join(["python", "run_all.py", *given, "--summary-only"])
+    print(f"Submitted Slurm job {array}: {len(tasks)} task{'s' if len(tasks) > 1 else ''}; "
+          f"logs in {slurm.slurm_folder(results_dir)}/{array}_<task>/")
+    how = (f"  watch:   squeue -j {array}   (or sacct -j {array})\n  cancel:  scancel {array}\n"
+           f"  resume:  the same command again submits only the runs without results\n  summary: {later}")
+    if args.no_wait:
+        print(f"Not waiting (--no-wait). When the tasks have finished, build the summary:\n{how}")
+        return 0
+    progress, report = progress_bar(len(to_run), 0)
+    try:
+        return slurm.wait(tasks, to_run, on_done=report, poll_s=args.poll,
+                          on_poll=lambda counts: progress.set_postfix_str(
+                              ", ".join(f"{n} {state.lower()}" for state, n in sorted(counts.items()))))
+    except KeyboardInterrupt:
+        print(f"\nStopped waiting. The tasks keep running in Slurm (job {array}); finished runs are kept.\n{how}",
+              file=sys.stderr)
+        return 130
+    finally:
+        progress.close()
+
+
+def dry_run(args, to_run, results_dir, mode) -> int:
+    """--dry-run: what would run, and with --backend slurm the exact batch script; nothing is changed."""
+    print(f"--dry-run: {len(to_run)} run{'s' if len(to_run) != 1 else ''} would run"
+          f"{' as one Slurm job array' if args.backend == 'slurm' and len(to_run) > 1 else ''}: "
+          f"{', '.join(job.name for job in to_run) or 'none'}")
+    if args.backend == "slurm" and to_run:
+        from covid_mobilenet import slurm
+
+        print("\nThe batch script (task i runs the i-th run above):\n")
+        print(slurm.batch_script(to_run, results_dir, slurm_options(args), f"covid-mobilenet-{mode.name}"))
+    return 0
+
+
+def finish(args, mode, config_file, seeds, jobs, outcomes, started, partial_ok=True) -> int:
+    """The summary over what has finished, the closing table, the export; 1 when anything failed."""
+    from covid_mobilenet import sweep
+    from covid_mobilenet.params import resolve_path
 
     order = {job.name: i for i, job in enumerate(jobs)}
     outcomes.sort(key=lambda outcome: order[outcome.name])
@@ -171,6 +324,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n{len(failed)} failed; the executed notebooks show where:", file=sys.stderr)
         for outcome in failed:
             print(f"  {outcome.name}: {outcome.executed_notebook or ''}\n    {outcome.detail}", file=sys.stderr)
+        return 1
+    unfinished = [outcome for outcome in outcomes if outcome.status in ("missing", "queued")]
+    if unfinished and not partial_ok:
+        print(f"\nThe summary leaves out {len(unfinished)} run{'s' if len(unfinished) > 1 else ''} without results "
+              f"({', '.join(outcome.name for outcome in unfinished)}); run the sweep's command to finish them.",
+              file=sys.stderr)
         return 1
     return 0
 

@@ -91,6 +91,15 @@ def folders(tmp: Path, data: Path) -> list[str]:
     return ["--results-dir", str(tmp / "results"), "--graph-dir", str(tmp / "Graph"), "--data-dir", str(data)]
 
 
+def comparable(metrics: dict) -> dict:
+    """What must not depend on interruptions or on the process: everything but times, places and versions."""
+    return {
+        "params": {k: v for k, v in metrics["params"].items() if k not in ("results_dir", "graph_dir")},
+        "dataset": metrics["dataset"],
+        **{key: metrics[key] for key in ("model", "train", "val", "test", "epochs_run")},
+    }
+
+
 @pytest.fixture(scope="session")
 def demo_sweep(tiny_root, tmp_path_factory):
     """One uninterrupted demo sweep (of SWEPT) on tiny data: (folder, completed process, seconds, README bytes before)."""

@@ -16,7 +16,7 @@ from covid_mobilenet import summary
 from covid_mobilenet.params import RULES
 from covid_mobilenet.summary import format_duration
 
-from tests.conftest import NAMES, ONLY_SWEPT, PROJECT, README, SWEPT, TINY, folders, run_all, tiny_backbone_config
+from tests.conftest import NAMES, ONLY_SWEPT, PROJECT, README, SWEPT, TINY, comparable, folders, run_all, tiny_backbone_config
 
 
 def test_demo_sweep_leaves_every_output(demo_sweep):
@@ -106,15 +106,6 @@ def test_a_failing_configuration_is_reported_the_others_complete_and_no_credenti
             assert value.encode() not in path.read_bytes(), f"{value} leaked into {path}"
     for value in secrets.values():
         assert value not in result.stdout and value not in result.stderr
-
-
-def comparable(metrics: dict) -> dict:
-    """What must not depend on interruptions or on the process: everything but times, places and versions."""
-    return {
-        "params": {k: v for k, v in metrics["params"].items() if k not in ("results_dir", "graph_dir")},
-        "dataset": metrics["dataset"],
-        **{key: metrics[key] for key in ("model", "train", "val", "test", "epochs_run")},
-    }
 
 
 def test_killed_mid_training_resumes_and_ends_as_an_uninterrupted_sweep(demo_sweep, tmp_path, tiny_root):

@@ -1,0 +1,156 @@
+#!/usr/bin/env bash
+# A one-node Slurm cluster on this machine, with accounting, for testing `run_all.py --backend slurm`.
+#
+#   sudo scripts/local_slurm.sh install   Debian's packages: slurm-wlm, munge, slurmdbd, mariadb-server
+#   sudo scripts/local_slurm.sh start     munged, MariaDB, slurmdbd, slurmctld and slurmd; waits until the
+#                                         node is idle and sacct answers (about 15 s)
+#   sudo scripts/local_slurm.sh stop      stops them again (the packages and the accounting database stay)
+#   scripts/local_slurm.sh status         sinfo and sacct, as a user sees them
+#
+# Accounting is not optional: submitit reads job states with sacct; without slurmdbd every state is UNKNOWN
+# and a cancelled task is never reported. Runs as root, needs no cgroups (proctrack/linuxproc,
+# task/none). The configuration goes to /etc/slurm/ (where sbatch looks for it); an existing
+# slurm.conf that this script did not write is never touched. Logs and state: $LOCAL_SLURM_DIR.
+set -euo pipefail
+
+STATE=${LOCAL_SLURM_DIR:-/var/tmp/covid-mobilenet-slurm}
+CONF_DIR=/etc/slurm
+MARK="# written by covid-mobilenet scripts/local_slurm.sh"
+HOST=$(hostname -s)
+DB_PASSWORD=slurmdbd-local
+
+die() { echo "local_slurm.sh: $*" >&2; exit 1; }
+need_root() { [ "$(id -u)" = 0 ] || die "$1 needs root (sudo scripts/local_slurm.sh $1)"; }
+
+wait_for() {  # wait_for SECONDS WHAT COMMAND...: run COMMAND every half second until it succeeds
+    local seconds=$1 what=$2; shift 2
+    for _ in $(seq $((seconds * 2))); do
+        if "$@" >/dev/null 2>&1; then return 0; fi
+        sleep 0.5
+    done
+    die "$what did not come up within ${seconds} s; see the logs in $STATE/log"
+}
+
+install_packages() {
+    need_root install
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q
+    apt-get install -y -q --no-install-recommends slurm-wlm munge slurmdbd mariadb-server mariadb-client
+}
+
+write_config() {
+    if [ -f "$CONF_DIR/slurm.conf" ] && ! grep -qF "$MARK" "$CONF_DIR/slurm.conf"; then
+        die "$CONF_DIR/slurm.conf exists and was not written by this script; this machine already has a Slurm, use it"
+    fi
+    local cpus memory_mb
+    cpus=$(nproc)
+    # At least 4 CPUs declared (config_overrides): two demo tasks of 2 CPUs run side by side on a
+    # 2-core CI machine, as `--jobs 2` does locally. Memory: what the machine has, less 1 GiB.
+    [ "$cpus" -ge 4 ] || cpus=4
+    memory_mb=$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 - 1024 ))
+    mkdir -p "$CONF_DIR" "$STATE"/{log,state,spool,run}
+    cat > "$CONF_DIR/slurm.conf" <<EOF
+$MARK
+ClusterName=localcluster
+SlurmctldHost=$HOST(127.0.0.1)
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+MpiDefault=none
+SchedulerType=sched/backfill
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core_Memory
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/slurmdbd
+AccountingStorageHost=localhost
+JobRequeue=1
+ReturnToService=2
+SlurmdParameters=config_overrides
+MinJobAge=30
+StateSaveLocation=$STATE/state
+SlurmdSpoolDir=$STATE/spool
+SlurmctldPidFile=$STATE/run/slurmctld.pid
+SlurmdPidFile=$STATE/run/slurmd.pid
+SlurmctldLogFile=$STATE/log/slurmctld.log
+SlurmdLogFile=$STATE/log/slurmd.log
+NodeName=$HOST NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$memory_mb State=UNKNOWN
+PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+EOF
+    cat > "$CONF_DIR/slurmdbd.conf" <<EOF
+$MARK
+AuthType=auth/munge
+DbdHost=localhost
+SlurmUser=root
+StorageType=accounting_storage/mysql
+StorageHost=localhost
+StorageUser=slurm
+StoragePass=$DB_PASSWORD
+StorageLoc=slurm_acct_db
+PidFile=$STATE/run/slurmdbd.pid
+LogFile=$STATE/log/slurmdbd.log
+EOF
+    chmod 600 "$CONF_DIR/slurmdbd.conf"
+}
+
+start() {
+    need_root start
+    command -v slurmctld >/dev/null || die "Slurm is not installed; run: sudo scripts/local_slurm.sh install"
+    if sinfo -h -o %T 2>/dev/null | grep -q idle; then echo "local Slurm is already up"; return 0; fi
+    write_config
+
+    [ -s /etc/munge/munge.key ] || mungekey --create --keyfile /etc/munge/munge.key
+    chown munge:munge /etc/munge/munge.key && chmod 400 /etc/munge/munge.key
+    mkdir -p /run/munge /var/log/munge /var/lib/munge && chown munge:munge /run/munge /var/log/munge /var/lib/munge
+    pgrep -x munged >/dev/null || runuser -u munge -- /usr/sbin/munged
+    wait_for 10 munged munge -n
+
+    mkdir -p /run/mysqld && chown mysql:mysql /run/mysqld
+    if ! mysqladmin ping >/dev/null 2>&1; then
+        (mysqld_safe >"$STATE/log/mysqld_safe.log" 2>&1 &)
+    fi
+    wait_for 60 MariaDB mysqladmin ping
+    mysql -u root <<EOF
+CREATE DATABASE IF NOT EXISTS slurm_acct_db;
+CREATE USER IF NOT EXISTS 'slurm'@'localhost' IDENTIFIED BY '$DB_PASSWORD';
+GRANT ALL ON slurm_acct_db.* TO 'slurm'@'localhost';
+FLUSH PRIVILEGES;
+EOF
+
+    pgrep -x slurmdbd >/dev/null || slurmdbd
+    wait_for 30 slurmdbd sacctmgr -n list cluster
+    sacctmgr -n list cluster format=cluster | grep -qw localcluster || sacctmgr -i add cluster localcluster >/dev/null
+
+    pgrep -x slurmctld >/dev/null || slurmctld
+    pgrep -x slurmd >/dev/null || slurmd -N "$HOST"
+    wait_for 60 "the node" bash -c "sinfo -h -N -o %T | grep -qx idle"
+    wait_for 30 sacct sacct -n -X
+    echo "local Slurm is up: node $HOST idle, partition debug, accounting answering"
+}
+
+stop() {
+    need_root stop
+    for daemon in slurmd slurmctld slurmdbd; do
+        pkill -x "$daemon" 2>/dev/null || true
+    done
+    for daemon in slurmd slurmctld slurmdbd; do
+        for _ in $(seq 40); do pgrep -x "$daemon" >/dev/null || break; sleep 0.25; done
+    done
+    mysqladmin shutdown 2>/dev/null || true
+    pkill -x munged 2>/dev/null || true
+    echo "local Slurm stopped"
+}
+
+status() {
+    sinfo
+    sacct -n -X --starttime now-1hours | tail -n 20
+}
+
+case "${1:-}" in
+    install) install_packages ;;
+    start) start ;;
+    stop) stop ;;
+    status) status ;;
+    *) echo "usage: $0 install|start|stop|status" >&2; exit 2 ;;
+esac
