@@ -20,6 +20,7 @@ HOST=$(hostname -s)
 DB_PASSWORD=slurmdbd-local
 
 die() { echo "local_slurm.sh: $*" >&2; exit 1; }
+trap 'echo "local_slurm.sh: line $LINENO failed: $BASH_COMMAND (logs: $STATE/log)" >&2' ERR
 need_root() { [ "$(id -u)" = 0 ] || die "$1 needs root (sudo scripts/local_slurm.sh $1)"; }
 
 wait_for() {  # wait_for SECONDS WHAT COMMAND...: run COMMAND every half second until it succeeds
@@ -120,7 +121,8 @@ EOF
 
     pgrep -x slurmdbd >/dev/null || slurmdbd
     wait_for 30 slurmdbd sacctmgr -n list cluster
-    sacctmgr -n list cluster format=cluster | grep -qw localcluster || sacctmgr -i add cluster localcluster >/dev/null
+    clusters=$(sacctmgr -n -P list cluster format=cluster)
+    grep -qx localcluster <<<"$clusters" || sacctmgr -i add cluster localcluster >/dev/null
 
     pgrep -x slurmctld >/dev/null || slurmctld
     pgrep -x slurmd >/dev/null || slurmd -N "$HOST"
