@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -184,8 +185,7 @@ def wait(tasks: list, jobs: list[Job], on_done: Callable[[Outcome], None],
                 del pending[job_id]
                 outcomes.append(task_outcome(task, job, state))
                 on_done(outcomes[-1])
-        on_poll({state: sum(1 for job_id in pending if states[job_id] == state) for state in set(states.values())
-                 if any(states[job_id] == state for job_id in pending)})
+        on_poll(dict(Counter(states[job_id] for job_id in pending)))
         if pending:
             time.sleep(poll_s)
     return outcomes

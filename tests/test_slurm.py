@@ -71,9 +71,10 @@ def task_of(results: Path, run: str) -> str:
 
 
 def files_of(run_dir: Path) -> set[str]:
-    """A run folder's files, TensorBoard's event files by folder only (their names hold the time and host)."""
+    """A run folder's files, TensorBoard's event files by folder only (their names hold the time and host),
+    without export/ (which the export test adds to the shared local sweep's best run)."""
     return {str(path.relative_to(run_dir).parent if path.name.startswith("events.out") else path.relative_to(run_dir))
-            for path in run_dir.rglob("*") if path.is_file()}
+            for path in run_dir.rglob("*") if path.is_file() and path.relative_to(run_dir).parts[0] != "export"}
 
 
 # --- the batch script, without Slurm --------------------------------------------------------------------------
