@@ -212,6 +212,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         return dry_run(args, to_run, results_dir, mode)
     if args.summary_only:
+        if not any(outcome.status == "skipped" for outcome in outcomes):
+            print(f"run_all.py: --summary-only: no run has finished in {results_dir} yet; run the sweep first "
+                  f"(the same command without --summary-only), or wait for its Slurm tasks.", file=sys.stderr)
+            return 1
         return finish(args, mode, config_file, seeds, jobs, outcomes, started, partial_ok=False)
     if args.backend == "slurm":
         ran = run_in_slurm(args, to_run, results_dir, mode, argv)

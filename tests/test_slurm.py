@@ -194,12 +194,12 @@ def test_a_kernel_that_never_ran_a_cell_gets_one_more_try_and_a_notebook_failure
 @pytest.fixture(scope="module")
 def slurm_sweep(slurm, tiny_root, tmp_path_factory):
     """The demo sweep of RUNS submitted to Slurm while the test preempts one task after its first epoch (SIGUSR2,
-    as Slurm sends it) and cancels the other: (folder, the first driver's result, the rerun's, the summary's)."""
+    as Slurm sends it) and cancels the other: (folder, the first driver's result, then those of --summary-only, of
+    a rerun with --no-wait, and of the summary command it printed, run once its task has finished)."""
     tmp = tmp_path_factory.mktemp("slurm")
     results = tmp / "results"
     args = [sys.executable, "run_all.py", "--demo", *folders(tmp, tiny_root), *SLURM_TINY, "--only", ",".join(RUNS),
             "--config", str(tiny_backbone_config())]
-    started = time.perf_counter()
     driver = subprocess.Popen(args, cwd=PROJECT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         first, second = (results / run / "seed-42" for run in RUNS)
@@ -220,7 +220,7 @@ def slurm_sweep(slurm, tiny_root, tmp_path_factory):
         if driver.poll() is None:
             driver.kill()
     first_run = subprocess.CompletedProcess(args, driver.returncode, out, err)
-    first_seconds = time.perf_counter() - started
+    partial = run_all(*args[2:], "--summary-only")
 
     rerun = run_all(*args[2:], "--no-wait")
     array = re.search(r"Submitted Slurm job (\d+)", rerun.stdout)
@@ -228,7 +228,7 @@ def slurm_sweep(slurm, tiny_root, tmp_path_factory):
         wait_until(lambda: not squeue("-j", array.group(1)), 300, "the rerun's task to finish")
     later = re.search(r"summary: (python run_all\.py .*)", rerun.stdout)
     summary = run_all(*shlex.split(later.group(1))[2:]) if later else None
-    return tmp, first_run, first_seconds, rerun, summary
+    return tmp, first_run, partial, rerun, summary
 
 
 def test_a_cancelled_task_is_reported_with_its_notebook_and_slurm_log(slurm_sweep):
@@ -252,6 +252,21 @@ def test_a_preempted_task_is_requeued_and_resumes_from_its_backup(slurm_sweep, d
     # Same seed, same numbers: preempted, requeued and resumed on Slurm equals uninterrupted on this machine.
     local = json.loads((demo_sweep[0] / "results" / RUNS[0] / "seed-42" / "metrics.json").read_text())
     assert comparable(json.loads((run / "metrics.json").read_text())) == comparable(local)
+
+
+def test_summary_only_trains_nothing_and_names_what_is_missing(slurm_sweep):
+    partial = slurm_sweep[2]
+    assert partial.returncode == 1, partial.stdout + partial.stderr
+    assert re.search(rf"^{RUNS[0]}/seed-42 +skipped ", partial.stdout, re.MULTILINE)
+    assert re.search(rf"^{RUNS[1]}/seed-42 +missing ", partial.stdout, re.MULTILINE)
+    assert f"leaves out 1 run without results ({RUNS[1]}/seed-42)" in partial.stderr
+    assert "Submitted" not in partial.stdout
+
+
+def test_summary_only_without_any_finished_run_says_so(tmp_path, tiny_root):
+    done = run_all("--demo", *folders(tmp_path, tiny_root), "--only", ",".join(RUNS), "--summary-only")
+    assert done.returncode == 1 and "no run has finished" in done.stderr, done.stdout + done.stderr
+    assert not (tmp_path / "results").exists()
 
 
 def test_a_rerun_submits_only_what_is_missing_and_the_summary_comes_later(slurm_sweep):
