@@ -10,6 +10,7 @@ each task's Slurm log, ``<array id>_<task>/<array id>_<task>_0_log.out`` and ``.
 """
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import shutil
@@ -161,12 +162,12 @@ def still_queued(jobs: list[Job], results_dir: Path) -> dict[str, str]:
     ids = {job.name: record[job.name]["job_id"] for job in jobs if job.name in record}
     if not ids or shutil.which("squeue") is None:
         return {}
-    try:
-        listed = subprocess.run(["squeue", "-h", "-r", "-o", "%i", "-j", ",".join(sorted(set(ids.values())))],
+    try:  # all of this user's tasks: squeue -j fails as a whole when one id is too old to know
+        listed = subprocess.run(["squeue", "-h", "-r", "-o", "%i", "-u", getpass.getuser()],
                                 capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.SubprocessError):
         return {}
-    alive = set(listed.stdout.split())  # squeue answers an error for ids it no longer knows: none alive
+    alive = set(listed.stdout.split())
     return {name: job_id for name, job_id in ids.items() if job_id in alive}
 
 
