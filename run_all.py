@@ -121,6 +121,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         value = getattr(args, name)
         if value is not None and value < (0 if name == "gpus" else 1):
             parser.error(f"--{name.replace('_', '-')} {value}: must be at least {0 if name == 'gpus' else 1}")
+    if args.time is not None and args.time < 5:
+        parser.error(f"--time {args.time}: give at least 5 minutes; a task is warned 2 minutes before its limit "
+                     "to be requeued, and a shorter limit would requeue it before it trains")
     return args
 
 

@@ -115,6 +115,7 @@ def test_demo_defaults_ask_for_no_gpu_and_real_runs_for_one(tmp_path, tiny_root)
     (["--no-wait"], "need --backend slurm"),
     (["--backend", "slurm", "--time", "ninety"], "expected minutes"),
     (["--backend", "slurm", "--cpus", "0"], "--cpus 0: must be at least 1"),
+    (["--backend", "slurm", "--time", "0:03:00"], "--time 3: give at least 5 minutes"),
     (["--backend", "cloud"], "invalid choice"),
 ])
 def test_slurm_options_are_checked_before_anything_runs(args, message):
