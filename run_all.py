@@ -118,9 +118,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             getattr(args, name) is not None for name in ("partition", "account", "time", "gpus", "cpus", "mem", "max_at_once"))):
         parser.error("the Slurm options (--partition, --time, --no-wait, ...) need --backend slurm")
     for name in ("gpus", "cpus", "mem", "max_at_once", "time"):
-        value = getattr(args, name)
-        if value is not None and value < (0 if name == "gpus" else 1):
-            parser.error(f"--{name.replace('_', '-')} {value}: must be at least {0 if name == 'gpus' else 1}")
+        value, least = getattr(args, name), 0 if name == "gpus" else 1
+        if value is not None and value < least:
+            parser.error(f"--{name.replace('_', '-')} {value}: must be at least {least}")
     if args.time is not None and args.time < 5:
         parser.error(f"--time {args.time}: give at least 5 minutes; a task is warned 2 minutes before its limit "
                      "to be requeued, and a shorter limit would requeue it before it trains")
@@ -173,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     from covid_mobilenet.data import DatasetError
     from covid_mobilenet.weights import WeightsError
     from covid_mobilenet.params import ParameterError, notebook_defaults, resolve_path
+    from covid_mobilenet.slurm import still_queued
     from covid_mobilenet.summary import ConfigError, load_config
 
     try:
@@ -197,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
           f"({len(jobs) // len(seeds)} {'regions' if args.regions else 'configurations'} x {len(seeds)} "
           f"seed{'s' if len(seeds) > 1 else ''}), results in {results_dir}")
     outcomes, to_run = [], []
-    queued = queued_in_slurm(jobs, results_dir)
+    queued = still_queued(jobs, results_dir)  # by an earlier --backend slurm; none without Slurm
     for job in jobs:
         finished, reason = sweep.previous_run(job)
         if job.name in queued:
@@ -227,13 +228,6 @@ def main(argv: list[str] | None = None) -> int:
     if isinstance(ran, int):  # interrupted, or submitted without waiting
         return ran
     return finish(args, mode, config_file, seeds, jobs, outcomes + ran, started)
-
-
-def queued_in_slurm(jobs, results_dir) -> dict[str, str]:
-    """Runs that an earlier --backend slurm submission still has pending or running (none without Slurm)."""
-    from covid_mobilenet.slurm import still_queued
-
-    return still_queued(jobs, results_dir)
 
 
 def progress_bar(total: int, done: int):
@@ -271,7 +265,7 @@ def run_in_slurm(args, to_run, results_dir, mode, argv):
     if not to_run:
         return []
     try:
-        tasks = slurm.submit(to_run, results_dir, slurm_options(args), args.kernel, job_name=f"covid-mobilenet-{mode.name}")
+        tasks = slurm.submit(to_run, results_dir, slurm_options(args), args.kernel, mode.name)
     except slurm.SlurmError as exc:
         print(f"run_all.py: {exc}", file=sys.stderr)
         return 2
@@ -307,7 +301,7 @@ def dry_run(args, to_run, results_dir, mode) -> int:
         from covid_mobilenet import slurm
 
         print("\nThe batch script (task i runs the i-th run above):\n")
-        print(slurm.batch_script(to_run, results_dir, slurm_options(args), f"covid-mobilenet-{mode.name}"))
+        print(slurm.batch_script(to_run, results_dir, slurm_options(args), mode.name))
     return 0
 
 

@@ -82,12 +82,12 @@ def slurm_folder(results_dir: Path) -> Path:
     return results_dir / SLURM_FOLDER
 
 
-def _executor(results_dir: Path, options: SlurmOptions, job_name: str):
+def _executor(results_dir: Path, options: SlurmOptions, mode_name: str):
     import submitit
 
     executor = submitit.SlurmExecutor(folder=slurm_folder(results_dir) / "%j", max_num_timeout=3)
     executor.update_parameters(
-        job_name=job_name,
+        job_name=f"covid-mobilenet-{mode_name}",  # covid-mobilenet-real or -demo in squeue
         time=options.time_min,
         cpus_per_task=options.cpus,
         mem=f"{options.mem_gb}G",
@@ -103,9 +103,9 @@ def _executor(results_dir: Path, options: SlurmOptions, job_name: str):
     return executor
 
 
-def batch_script(jobs: list[Job], results_dir: Path, options: SlurmOptions, job_name: str) -> str:
+def batch_script(jobs: list[Job], results_dir: Path, options: SlurmOptions, mode_name: str) -> str:
     """The sbatch script that ``submit`` hands to Slurm for these jobs, word for word (submitit writes it)."""
-    executor = _executor(results_dir, options, job_name)
+    executor = _executor(results_dir, options, mode_name)
     if len(jobs) > 1:  # what submitit's map_array does for an array
         executor.parameters["map_count"] = len(jobs)
     return executor._make_submission_file_text(executor._submitit_command_str, "dry-run")
@@ -121,12 +121,12 @@ def check_slurm_available() -> None:
             "sudo scripts/local_slurm.sh start")
 
 
-def submit(jobs: list[Job], results_dir: Path, options: SlurmOptions, kernel: str, job_name: str) -> list:
+def submit(jobs: list[Job], results_dir: Path, options: SlurmOptions, kernel: str, mode_name: str) -> list:
     """Submit the jobs as one array (a single job when there is one); returns submitit's jobs, in order."""
     import submitit
 
     check_slurm_available()
-    executor = _executor(results_dir, options, job_name)
+    executor = _executor(results_dir, options, mode_name)
     try:
         tasks = executor.map_array(NotebookTask(), jobs, [kernel] * len(jobs))
     except (submitit.core.utils.FailedJobError, subprocess.CalledProcessError, OSError) as exc:
