@@ -297,7 +297,10 @@ def test_the_slurm_sweep_leaves_the_same_files_and_numbers_as_the_local_one(slur
 def test_ctrl_c_leaves_the_tasks_running_and_a_rerun_does_not_submit_them_again(slurm, tiny_root, tmp_path):
     args = [sys.executable, "run_all.py", "--demo", *folders(tmp_path, tiny_root), *SLURM_TINY,
             "--only", "mn_resultset3", "--config", str(tiny_backbone_config())]
-    driver = subprocess.Popen(args, cwd=PROJECT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # As from a terminal: a test session started in the background (`cmd &` without job control) ignores
+    # SIGINT, and its children would inherit that.
+    driver = subprocess.Popen(args, cwd=PROJECT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     submitted = tmp_path / "results" / "slurm" / SUBMITTED_FILE
     try:
         wait_until(submitted.exists, 300, "the submission")
