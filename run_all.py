@@ -144,7 +144,7 @@ def _minutes(text: str) -> int:
 
 def slurm_options(args: argparse.Namespace):
     """The tasks' requests: the command line's, else the defaults for real runs or for the demo."""
-    from covid_mobilenet.slurm import SlurmOptions
+    from covid_mobilenet.sweep.slurm import SlurmOptions
 
     defaults = dict(time_min=30, gpus=0, cpus=2, mem_gb=4) if args.demo else dict(time_min=120, gpus=1, cpus=8, mem_gb=32)
     given = dict(time_min=args.time, gpus=args.gpus, cpus=args.cpus, mem_gb=args.mem)
@@ -155,7 +155,7 @@ def slurm_options(args: argparse.Namespace):
 
 
 def cli_overrides(args: argparse.Namespace) -> dict:
-    from covid_mobilenet.sweep import parse_assignment
+    from covid_mobilenet.sweep.plan import parse_assignment
 
     overrides = dict(parse_assignment(item) for item in args.set)
     if args.epochs is not None:
@@ -169,27 +169,29 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.perf_counter()
     # Imported after parsing, so that --help answers at once.
-    from covid_mobilenet import sweep
-    from covid_mobilenet.data import DatasetError
-    from covid_mobilenet.weights import WeightsError
-    from covid_mobilenet.params import ParameterError, notebook_defaults, resolve_path
-    from covid_mobilenet.slurm import still_queued
-    from covid_mobilenet.summary import ConfigError, load_config
+    from covid_mobilenet.common.config import ConfigError, load_config
+    from covid_mobilenet.common.paths import resolve_path
+    from covid_mobilenet.data.layout import DatasetError
+    from covid_mobilenet.model.weights import WeightsError
+    from covid_mobilenet.run.params import ParameterError, notebook_defaults
+    from covid_mobilenet.sweep import plan, preflight
+    from covid_mobilenet.sweep.outcomes import Outcome, metrics_accuracy
+    from covid_mobilenet.sweep.slurm import still_queued
 
     try:
         config_file = resolve_path(args.config)
         config = load_config(config_file)
-        mode = sweep.make_mode(config, demo=args.demo, fast=args.fast, results_dir=args.results_dir, graph_dir=args.graph_dir, data_dir=args.data_dir)
-        seeds = sweep.training_seeds(args.seeds, args.seed_values, notebook_defaults()["seed"])
+        mode = plan.make_mode(config, demo=args.demo, fast=args.fast, results_dir=args.results_dir, graph_dir=args.graph_dir, data_dir=args.data_dir)
+        seeds = plan.training_seeds(args.seeds, args.seed_values, notebook_defaults()["seed"])
         if args.regions:
-            jobs = sweep.plan_regions(config, mode, cli_overrides(args), seeds)
+            jobs = plan.plan_regions(config, mode, cli_overrides(args), seeds)
         else:
-            jobs = sweep.plan(config, sweep.select(config, args.only), mode, cli_overrides(args), seeds)
+            jobs = plan.plan(config, plan.select(config, args.only), mode, cli_overrides(args), seeds)
         if not (args.dry_run or args.summary_only):
             if mode.demo:
-                sweep.prepare_demo_data(mode, config, jobs)
-            sweep.preflight(jobs, mode)
-    except (ParameterError, ConfigError, DatasetError, WeightsError, sweep.SweepError) as exc:
+                preflight.prepare_demo_data(mode, config, jobs)
+            preflight.preflight(jobs, mode)
+    except (ParameterError, ConfigError, DatasetError, WeightsError, preflight.SweepError) as exc:
         print(f"run_all.py: {exc}", file=sys.stderr)
         return 2
 
@@ -200,17 +202,17 @@ def main(argv: list[str] | None = None) -> int:
     outcomes, to_run = [], []
     queued = still_queued(jobs, results_dir)  # by an earlier --backend slurm; none without Slurm
     for job in jobs:
-        finished, reason = sweep.previous_run(job)
+        finished, reason = preflight.previous_run(job)
         if job.name in queued:
-            outcomes.append(sweep.Outcome(job.name, "queued", detail=f"still in Slurm as job {queued[job.name]}; not run again"))
+            outcomes.append(Outcome(job.name, "queued", detail=f"still in Slurm as job {queued[job.name]}; not run again"))
         elif finished and not args.force:
-            outcomes.append(sweep.Outcome(job.name, "skipped", detail=reason, test_accuracy=sweep.metrics_accuracy(job)))
+            outcomes.append(Outcome(job.name, "skipped", detail=reason, test_accuracy=metrics_accuracy(job)))
         elif args.summary_only:
-            outcomes.append(sweep.Outcome(job.name, "missing", detail=reason))
+            outcomes.append(Outcome(job.name, "missing", detail=reason))
         else:
             print(f"{job.name}: {'forced' if args.force else reason}")
             if not args.dry_run:
-                sweep.set_aside_previous_results(job, args.force)
+                preflight.set_aside_previous_results(job, args.force)
             to_run.append(job)
 
     if args.dry_run:
@@ -244,11 +246,11 @@ def progress_bar(total: int, done: int):
 
 
 def run_locally(args, to_run, total: int, done: int):
-    from covid_mobilenet import sweep
+    from covid_mobilenet.sweep.local import run_jobs
 
     progress, report = progress_bar(total, done)
     try:
-        return sweep.run_jobs(to_run, kernel=args.kernel, parallel=args.jobs, on_done=report, cell_progress=sys.stderr.isatty())
+        return run_jobs(to_run, kernel=args.kernel, parallel=args.jobs, on_done=report, cell_progress=sys.stderr.isatty())
     except KeyboardInterrupt:
         print("\nInterrupted. Finished experiments are kept; run the same command again to resume.", file=sys.stderr)
         return 130
@@ -260,7 +262,7 @@ def run_in_slurm(args, to_run, results_dir, mode, argv):
     """Submit the pending runs as one array; wait for it with progress, or return at once with --no-wait."""
     import shlex
 
-    from covid_mobilenet import slurm
+    from covid_mobilenet.sweep import slurm
 
     if not to_run:
         return []
@@ -298,7 +300,7 @@ def dry_run(args, to_run, results_dir, mode) -> int:
           f"{' as one Slurm job array' if args.backend == 'slurm' and len(to_run) > 1 else ''}: "
           f"{', '.join(job.name for job in to_run) or 'none'}")
     if args.backend == "slurm" and to_run:
-        from covid_mobilenet import slurm
+        from covid_mobilenet.sweep import slurm
 
         print("\nThe batch script (task i runs the i-th run above):\n")
         print(slurm.batch_script(to_run, results_dir, slurm_options(args), mode.name))
@@ -307,18 +309,19 @@ def dry_run(args, to_run, results_dir, mode) -> int:
 
 def finish(args, mode, config_file, seeds, jobs, outcomes, started, partial_ok=True) -> int:
     """The summary over what has finished, the closing table, the export; 1 when anything failed."""
-    from covid_mobilenet import sweep
-    from covid_mobilenet.params import resolve_path
+    from covid_mobilenet.common.paths import resolve_path
+    from covid_mobilenet.sweep.notebooks import export_best, run_summary
+    from covid_mobilenet.sweep.outcomes import closing_table
 
     order = {job.name: i for i, job in enumerate(jobs)}
     outcomes.sort(key=lambda outcome: order[outcome.name])
-    summary = sweep.run_summary(mode, config_file, args.kernel, seeds)
+    summary = run_summary(mode, config_file, args.kernel, seeds)
     print()
-    print(sweep.closing_table(outcomes + [summary]))
+    print(closing_table(outcomes + [summary]))
     print(f"\ntotal {time.perf_counter() - started:.0f} s; summary: {resolve_path(mode.results_dir) / 'summary.md'}")
     exported = []
     if args.export:
-        exported = [sweep.export_best(mode)]
+        exported = [export_best(mode)]
         print(f"\nexport {exported[0].status} in {exported[0].seconds:.0f} s: {exported[0].detail}")
     failed = [outcome for outcome in outcomes + [summary] + exported if outcome.status == "failed"]
     if failed:

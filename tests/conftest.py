@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from covid_mobilenet.demo import generate_demo_dataset
+from covid_mobilenet.data.demo import generate_demo_dataset
 
 DEMO_IMAGES = 240
 
@@ -116,8 +116,8 @@ def finished_run(tiny_root, tmp_path_factory):
     shared by the notebook's tests and the product's (predict, export): (folder, parameters)."""
     import papermill
 
-    from covid_mobilenet.model import build_backbone
-    from covid_mobilenet.params import EXPERIMENT_NOTEBOOK
+    from covid_mobilenet.common.paths import EXPERIMENT_NOTEBOOK
+    from covid_mobilenet.model.architecture import build_backbone
 
     folder = tmp_path_factory.mktemp("run")
     weights = folder / "random_backbone.weights.h5"

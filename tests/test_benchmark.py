@@ -2,20 +2,28 @@
 import json
 import math
 
-from covid_mobilenet import benchmark, summary
+from covid_mobilenet.bench import cli, sweeps
+from covid_mobilenet.common.config import load_config
 
 
 def test_the_benchmark_measures_and_writes_every_figure(tmp_path, monkeypatch, capsys):
-    config = summary.load_config()
+    """Trains: the fast-sweep figure times the notebook's real steps, end to end against the feature cache."""
+    config = load_config()
     one = {"mn_resultset4": config["experiments"]["mn_resultset4"]}
-    monkeypatch.setattr(benchmark, "load_config", lambda: {**config, "experiments": one})  # one configuration, not seven
-    runs = []
-    monkeypatch.setattr(benchmark, "_run_steps", lambda params: runs.append((params["fast"], params["epochs"], params["train_base"])))
+    monkeypatch.setattr(sweeps, "load_config", lambda: {**config, "experiments": one})  # one configuration, not seven
+    runs, real_run_experiment = [], sweeps.run_experiment
+
+    def recorded(params, **kwargs):
+        run = real_run_experiment(params, **kwargs)
+        runs.append((run.params["fast"], run.params["epochs"], run.params["train_base"], run.metrics["epochs_run"]))
+        return run
+
+    monkeypatch.setattr(sweeps, "run_experiment", recorded)
     # the int8 comparison needs a trained run (test_product covers measure_quantization on one): none here
-    monkeypatch.setattr(benchmark, "quantization_run", lambda: None)
+    monkeypatch.setattr(cli, "quantization_run", lambda: None)
     output = tmp_path / "bench.json"
-    assert benchmark.main(["--images", "100", "--image-size", "32", "--steps", "1", "--epochs", "1",
-                           "--data-dir", str(tmp_path / "data"), "--output", str(output)]) == 0
+    assert cli.main(["--images", "100", "--image-size", "32", "--steps", "1", "--epochs", "1",
+                     "--data-dir", str(tmp_path / "data"), "--output", str(output)]) == 0
 
     bench = json.loads(output.read_text())
     for key in ("pipeline_speedup", "training_vs_ceiling", "fast_sweep_speedup", "peak_rss_gib"):
@@ -24,8 +32,9 @@ def test_the_benchmark_measures_and_writes_every_figure(tmp_path, monkeypatch, c
     assert len(bench["pipeline"]["baseline"]["epochs"]) == len(bench["pipeline"]["project"]["epochs"]) == 3
     assert bench["pipeline_speedup"] == bench["pipeline"]["project"]["later_epochs"] / bench["pipeline"]["baseline"]["later_epochs"]
     assert bench["fast_sweep"]["configurations"] == 1 and bench["fast_sweep"]["epochs"] == 1
-    # the notebook's steps (tested on their own in test_features) ran end to end, then through the cache
-    assert runs == [(False, 1, False), (True, 1, False)]
+    # the notebook's steps ran to the end, end to end and then through the cache, each one epoch
+    assert runs == [(False, 1, False, 1), (True, 1, False, 1)]
+    assert bench["fast_sweep_speedup"] == bench["fast_sweep"]["end_to_end_seconds"] / bench["fast_sweep"]["cached_seconds"]
     assert bench["precision"]["float32"]["images_per_second"] > 0
     assert {"cpu", "cpu_count", "gpus", "tensorflow"} <= set(bench["machine"])
     assert bench["quantization"]["skipped"].startswith("no finished run") and "int8_latency_ratio" not in bench

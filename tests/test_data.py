@@ -10,8 +10,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from covid_mobilenet import data
-from covid_mobilenet.data import DatasetError, find_dataset_root, locate_dataset, scan_dataset, split_images
+from covid_mobilenet.data import locate
+from covid_mobilenet.data.layout import DatasetError
+from covid_mobilenet.data.locate import find_dataset_root, locate_dataset
+from covid_mobilenet.data.scan import scan_dataset
+from covid_mobilenet.data.split import split_hash, split_images
 
 CLASSES = ["COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"]
 
@@ -157,12 +160,12 @@ def test_masks_beside_images_are_never_read_even_when_broken(demo_root):
 
 
 def test_no_data_anywhere_lists_the_three_ways(monkeypatch, tmp_path):
-    monkeypatch.setattr(data, "DEFAULT_DATA_DIR", tmp_path / "absent")
+    monkeypatch.setattr(locate, "DEFAULT_DATA_DIR", tmp_path / "absent")
     for name in ("KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_API_TOKEN"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path / "no-kaggle"))
     called = []
-    monkeypatch.setattr(data, "download_from_kaggle", lambda: called.append(1))
+    monkeypatch.setattr(locate, "download_from_kaggle", lambda: called.append(1))
     with pytest.raises(DatasetError) as error:
         locate_dataset(None)
     message = str(error.value)
@@ -171,21 +174,21 @@ def test_no_data_anywhere_lists_the_three_ways(monkeypatch, tmp_path):
 
 
 def test_default_folder_is_used(monkeypatch, demo_root):
-    monkeypatch.setattr(data, "DEFAULT_DATA_DIR", demo_root)
+    monkeypatch.setattr(locate, "DEFAULT_DATA_DIR", demo_root)
     assert locate_dataset(None) == demo_root
 
 
 def test_credentials_from_environment_or_kaggle_json(tmp_path):
-    assert data.kaggle_credentials_available({"KAGGLE_USERNAME": "u", "KAGGLE_KEY": "k"})
-    assert not data.kaggle_credentials_available({"KAGGLE_USERNAME": "u", "KAGGLE_CONFIG_DIR": str(tmp_path)})
+    assert locate.kaggle_credentials_available({"KAGGLE_USERNAME": "u", "KAGGLE_KEY": "k"})
+    assert not locate.kaggle_credentials_available({"KAGGLE_USERNAME": "u", "KAGGLE_CONFIG_DIR": str(tmp_path)})
     (tmp_path / "kaggle.json").write_text(json.dumps({"username": "u", "key": "k"}))
-    assert data.kaggle_credentials_available({"KAGGLE_CONFIG_DIR": str(tmp_path)})
+    assert locate.kaggle_credentials_available({"KAGGLE_CONFIG_DIR": str(tmp_path)})
 
 
 def test_failed_download_is_a_clear_error(monkeypatch, tmp_path):
     import kagglehub
 
-    monkeypatch.setattr(data, "DEFAULT_DATA_DIR", tmp_path / "absent")
+    monkeypatch.setattr(locate, "DEFAULT_DATA_DIR", tmp_path / "absent")
     monkeypatch.setenv("KAGGLE_USERNAME", "someone")
     monkeypatch.setenv("KAGGLE_KEY", "fake-key")
 
@@ -207,7 +210,7 @@ def test_download_is_used_when_credentials_exist(monkeypatch, demo_root, tmp_pat
     download = tmp_path / "kagglehub" / "versions" / "5"
     download.mkdir(parents=True)
     shutil.move(str(demo_root), download / "COVID-19_Radiography_Dataset")
-    monkeypatch.setattr(data, "DEFAULT_DATA_DIR", tmp_path / "absent")
+    monkeypatch.setattr(locate, "DEFAULT_DATA_DIR", tmp_path / "absent")
     monkeypatch.setenv("KAGGLE_API_TOKEN", "fake")
     monkeypatch.setattr(kagglehub, "dataset_download", lambda handle, *a, **k: str(download))
     assert locate_dataset(None) == download / "COVID-19_Radiography_Dataset"
@@ -254,7 +257,7 @@ def test_split_hash_ignores_listing_order_and_follows_the_seed(demo_root):
 
 def test_same_seed_same_split_hash_in_two_processes(demo_root):
     code = (
-        "import sys; from covid_mobilenet.data import scan_dataset, split_images; "
+        "import sys; from covid_mobilenet.data.scan import scan_dataset; from covid_mobilenet.data.split import split_images; "
         "print(split_images(scan_dataset(sys.argv[1]).images, seed=42).sha256)"
     )
     root_dir = Path(__file__).resolve().parent.parent
@@ -284,5 +287,5 @@ def test_split_table_is_saved_atomically(demo_root, tmp_path):
     path = split.save(tmp_path / "run" / "split.csv")
     saved = pd.read_csv(path)
     assert list(saved.columns) == ["path", "label", "split"]
-    assert data.split_hash(saved) == split.sha256
+    assert split_hash(saved) == split.sha256
     assert not list(path.parent.glob(".*.tmp"))

@@ -5,8 +5,9 @@ import pytest
 from PIL import Image
 from sklearn.linear_model import LogisticRegression
 
-from covid_mobilenet import demo
-from covid_mobilenet.data import scan_dataset, split_images
+from covid_mobilenet.data import demo
+from covid_mobilenet.data.scan import scan_dataset
+from covid_mobilenet.data.split import split_images
 from tests.conftest import DEMO_IMAGES
 
 

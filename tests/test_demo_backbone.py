@@ -6,9 +6,10 @@ import subprocess
 import numpy as np
 import pytest
 
-from covid_mobilenet import demo_backbone
-from covid_mobilenet.model import build_backbone
-from covid_mobilenet.pretext import PRETEXT_ATTRIBUTES, pretext_set
+from covid_mobilenet.common.files import file_sha256, write_json
+from covid_mobilenet.data.pretext import PRETEXT_ATTRIBUTES, pretext_set
+from covid_mobilenet.model import demo_backbone
+from covid_mobilenet.model.architecture import build_backbone
 
 REAL_RUN = subprocess.run  # demo_backbone.subprocess is this module: patching it patches subprocess.run everywhere
 RECIPE = {"images": 96, "epochs": 1, "batch_size": 32, "learning_rate": 0.003, "seed": 0}
@@ -76,8 +77,10 @@ def test_another_image_size_setting_or_generator_makes_another_file(tmp_path, mo
     assert demo_backbone.weights_path({**RECIPE, "seed": 1}, 32, tmp_path) != base
     assert demo_backbone.weights_path(dict(reversed(list(RECIPE.items()))), 32, tmp_path) == base
     generator = tmp_path / "pretext.py"
-    shutil.copyfile(demo_backbone.RECIPE_FILES[0], generator)
-    monkeypatch.setattr(demo_backbone, "RECIPE_FILES", [generator, *demo_backbone.RECIPE_FILES[1:]])
+    recipe = demo_backbone.recipe_files()
+    assert [file.name for file in recipe] == ["pretext.py", "pretrain.py", "demo_backbone.py"]
+    shutil.copyfile(recipe[0], generator)
+    monkeypatch.setattr(demo_backbone, "recipe_files", lambda: [generator, *recipe[1:]])
     assert demo_backbone.weights_path(RECIPE, 32, tmp_path) == base
     generator.write_text(generator.read_text().replace("rng.integers(4, 10)", "rng.integers(3, 10)"))
     assert demo_backbone.weights_path(RECIPE, 32, tmp_path) != base
@@ -90,7 +93,7 @@ def test_a_changed_image_size_pretrains_a_new_backbone(tmp_path, monkeypatch):
         commands.append(command)
         out = demo_backbone.Path(command[command.index("--out") + 1])
         out.write_bytes(b"weights")
-        demo_backbone.write_json(demo_backbone.manifest_path(out), {"weights_sha256": demo_backbone.file_sha256(out)})
+        write_json(demo_backbone.manifest_path(out), {"weights_sha256": file_sha256(out)})
         return subprocess.CompletedProcess(command, 0)
 
     monkeypatch.setattr(demo_backbone.subprocess, "run", fake_pretraining)

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from covid_mobilenet.evaluation import classification_report, loss_and_accuracy
+from covid_mobilenet.analysis.metrics import classification_report, loss_and_accuracy
 
 NAMES = ["COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"]
 

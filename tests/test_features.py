@@ -5,10 +5,12 @@ import keras
 import numpy as np
 import pytest
 
-from covid_mobilenet import evaluation, experiment, features
-from covid_mobilenet.model import build_backbone
-from covid_mobilenet.pipeline import decoded
-from covid_mobilenet.params import ParameterError, check_parameters, notebook_defaults
+from covid_mobilenet.analysis.metrics import labels_and_probabilities
+from covid_mobilenet.data.pipeline import decoded
+from covid_mobilenet.model import features
+from covid_mobilenet.model.architecture import build_backbone
+from covid_mobilenet.run import steps
+from covid_mobilenet.run.params import ParameterError, check_parameters, notebook_defaults
 from tests.conftest import tiny_params
 
 
@@ -47,12 +49,9 @@ def frozen_params(tmp_path, root, **overrides) -> dict:
 
 
 def train_as_the_notebook_does(params):
-    runtime = experiment.setup(params)
-    data = experiment.prepare_data(params, runtime)
-    model = experiment.build(params, data, runtime)
-    history = experiment.train(model, data, params)
-    labels, probabilities = evaluation.predict(model, data.pipelines.batches("test"))
-    return data, model, history, labels, probabilities
+    run = steps.run_experiment(params)
+    labels, probabilities = labels_and_probabilities(run.predictions["test"], run.data.class_names)
+    return run.data, run.model, run.history, labels, probabilities
 
 
 def test_the_head_trained_on_cached_features_equals_end_to_end_frozen_training(tmp_path, tiny_root, backbone_file):
@@ -88,7 +87,7 @@ def test_the_backbone_runs_once_per_split_whatever_the_number_of_configurations(
     entries = []
     for i, setting in enumerate(settings):
         params = frozen_params(tmp_path, tiny_root, experiment=f"config{i}", fast=True, **setting)
-        data = experiment.prepare_data(params, experiment.setup(params))
+        data = steps.prepare_data(params, steps.setup(params))
         entries.append((data.features.folder, data.features.computed_here))
     assert len(computed) == 1
     assert [here for _, here in entries] == [True, False, False]
@@ -96,16 +95,16 @@ def test_the_backbone_runs_once_per_split_whatever_the_number_of_configurations(
     assert sum(manifest["counts"].values()) == 100  # every image of the tiny set, once
 
     other_size = frozen_params(tmp_path, tiny_root, experiment="bigger", fast=True, image_size=48)
-    assert experiment.prepare_data(other_size, experiment.setup(other_size)).features.computed_here
+    assert steps.prepare_data(other_size, steps.setup(other_size)).features.computed_here
     assert len(computed) == 2, "another image size is another cache entry"
 
 
 def test_an_entry_cut_short_is_recomputed(tmp_path, tiny_root):
     params = frozen_params(tmp_path, tiny_root, fast=True, epochs=1)
-    folder = experiment.prepare_data(params, experiment.setup(params)).features.folder
+    folder = steps.prepare_data(params, steps.setup(params)).features.folder
     (folder / features.MANIFEST).unlink()  # as if killed before the manifest was written
     (folder / "train.f16").write_bytes(b"half")
-    again = experiment.prepare_data(params, experiment.setup(params))
+    again = steps.prepare_data(params, steps.setup(params))
     assert again.features.computed_here
     assert again.pipelines.sizes["train"] * again.features.feature_shape[-1] * 2 == (folder / "train.f16").stat().st_size
 

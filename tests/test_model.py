@@ -4,9 +4,9 @@ import keras
 import numpy as np
 import pytest
 
-from covid_mobilenet import weights as weights_module
-from covid_mobilenet.model import build_backbone, build_model
-from covid_mobilenet.weights import WeightsError, ensure_weights_available, imagenet_weights_file
+from covid_mobilenet.model import weights as weights_module
+from covid_mobilenet.model.architecture import build_backbone, build_model
+from covid_mobilenet.model.weights import WeightsError, ensure_weights_available, imagenet_weights_file
 
 
 def make(**overrides):

@@ -16,10 +16,11 @@ import pytest
 
 from PIL import Image
 
-from covid_mobilenet.data import scan_dataset, split_hash, split_images
-from covid_mobilenet.masks import mask_file
-from covid_mobilenet.weights import KERAS_WEIGHTS_URL
-from covid_mobilenet.params import EXPERIMENT_NOTEBOOK
+from covid_mobilenet.common.paths import EXPERIMENT_NOTEBOOK
+from covid_mobilenet.data.masks import mask_file
+from covid_mobilenet.data.scan import scan_dataset
+from covid_mobilenet.data.split import split_hash, split_images
+from covid_mobilenet.model.weights import KERAS_WEIGHTS_URL
 from tests.conftest import PROJECT, tiny_params
 
 

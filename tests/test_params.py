@@ -1,6 +1,6 @@
 import pytest
 
-from covid_mobilenet.params import RULES, ParameterError, check_parameters, check_value, notebook_defaults
+from covid_mobilenet.run.params import RULES, ParameterError, check_parameters, check_value, notebook_defaults
 
 
 @pytest.fixture

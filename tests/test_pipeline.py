@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from covid_mobilenet.data import scan_dataset, split_images
-from covid_mobilenet.pipeline import decoded, shuffled_epochs, split_arrays, split_pipelines
+from covid_mobilenet.data.pipeline import decoded, shuffled_epochs, split_arrays, split_pipelines
+from covid_mobilenet.data.scan import scan_dataset
+from covid_mobilenet.data.split import split_images
 
 # One gray level per class, written in every format the loader must accept.
 LEVELS = {"A": 30, "B": 120, "C": 210}

@@ -9,8 +9,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from covid_mobilenet import benchmark, export, predict
-from covid_mobilenet.files import file_sha256
+from covid_mobilenet.analysis.results import best_run
+from covid_mobilenet.bench.quantization import measure_quantization
+from covid_mobilenet.common.files import file_sha256
+from covid_mobilenet.common.readme import replace_readme_section
+from covid_mobilenet.product import export, litert, model_card, predict
 
 
 @pytest.fixture(scope="module")
@@ -34,17 +37,15 @@ def test_every_run_saves_its_model_in_float32_and_records_it(trained_run):
 
 
 def test_a_model_trained_in_mixed_precision_is_saved_in_float32(tmp_path):
-    from types import SimpleNamespace
-
-    from covid_mobilenet.experiment import inference_copy
-    from covid_mobilenet.model import build_model
+    from covid_mobilenet.model.architecture import build_model
+    from covid_mobilenet.run.models import inference_copy
 
     params = {"image_size": 32, "train_base": True, "batchnorm_momentum": None, "hidden_layers": 1, "dense_units": 8,
               "dropout": 0.5, "seed": 1}
     keras.mixed_precision.set_global_policy("mixed_float16")
     try:
         mixed = build_model(4, weights=None, **params)
-        copy = inference_copy(mixed, SimpleNamespace(class_names=list("abcd")), params)
+        copy = inference_copy(mixed, params, num_classes=4)
         pixels = np.random.default_rng(0).integers(0, 255, (4, 32, 32, 3)).astype(np.uint8)
         expected = np.asarray(mixed.predict(pixels, verbose=0), np.float32)
     finally:
@@ -109,8 +110,8 @@ def test_the_best_run_is_the_most_accurate_real_run(tmp_path):
         run.mkdir(parents=True)
         (run / "metrics.json").write_text(json.dumps({"test": {"accuracy": accuracy}, "dataset": {"demo": demo}}))
         (run / "model.keras").write_bytes(b"x")
-    assert predict.best_run(tmp_path) == tmp_path / "b" / "seed-1"
-    assert predict.best_run(tmp_path, allow_demo=True) == tmp_path / "c" / "seed-1"
+    assert best_run(tmp_path) == tmp_path / "b" / "seed-1"
+    assert best_run(tmp_path, allow_demo=True) == tmp_path / "c" / "seed-1"
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +131,7 @@ def test_the_three_exports_load_predict_and_int8_takes_uint8(exported, trained_r
     keras_model = keras.saving.load_model(run / "model.keras", compile=False)
     expected = keras_model.predict(pixels, verbose=0)
     for variant in export.VARIANTS:
-        lite = export.LiteModel(out / f"model_{variant}.tflite", threads=1)
+        lite = litert.LiteModel(out / f"model_{variant}.tflite", threads=1)
         assert (lite.input_dtype == np.uint8) == (variant == "int8")
         outputs = np.stack([lite(image) for image in pixels])
         assert outputs.shape == expected.shape and np.allclose(outputs.sum(axis=1), 1, atol=0.02)
@@ -154,7 +155,7 @@ def test_the_model_card_is_generated_from_the_runs_files(exported):
     low = metrics["test"]["intervals"]["accuracy"]["low"]
     assert f"{100 * metrics['test']['accuracy']:.2f}% [{100 * low:.1f}," in card
     assert "no lungs" in card and "Grad-CAM" in card and "## Known limitations" in card
-    assert export.export_table(record) in card
+    assert model_card.export_table(record) in card
     assert f"learning rate {metrics['params']['learning_rate']:g}" in card
 
 
@@ -164,30 +165,28 @@ def test_export_refuses_a_folder_that_is_not_a_finished_run(tmp_path, capsys):
 
 
 def test_the_benchmark_compares_int8_with_float32_side_by_side(trained_run):
-    figures = benchmark.measure_quantization(trained_run[0])
+    figures = measure_quantization(trained_run[0])
     rows = {row["format"]: row for row in figures["formats"]}
     ratio = figures["int8_vs_float32"]
     assert ratio["latency_ratio"] == rows["LiteRT int8"]["median_latency_ms"] / rows["LiteRT float32"]["median_latency_ms"]
     assert ratio["accuracy_difference_vs_float32"] == pytest.approx(
         100 * (rows["LiteRT int8"]["accuracy"] - rows["LiteRT float32"]["accuracy"]))
-    assert benchmark.measure_quantization(None)["skipped"].startswith("no finished run")
+    assert measure_quantization(None)["skipped"].startswith("no finished run")
 
 
 def test_an_exported_folder_can_be_copied_and_used_alone(exported, tmp_path):
     record, out, _ = exported
     shutil.copy(out / "model_int8.tflite", tmp_path / "model.tflite")
-    lite = export.LiteModel(tmp_path / "model.tflite", threads=2)
+    lite = litert.LiteModel(tmp_path / "model.tflite", threads=2)
     assert lite(np.zeros((64, 64, 3), np.uint8)).shape == (4,)
 
 
 def test_a_real_export_fills_the_readme_table_a_demo_one_never(exported, tmp_path):
-    from covid_mobilenet import summary
-
     record = exported[0]
     assert record["demo"] is True  # export.main leaves the README alone for it
     readme = tmp_path / "README.md"
     readme.write_text(f"before\n{export.EXPORT_START}\nold\n{export.EXPORT_END}\nafter\n")
-    assert summary.replace_readme_section(readme, export.readme_section({**record, "demo": False}),
+    assert replace_readme_section(readme, model_card.readme_section({**record, "demo": False}),
                                           (export.EXPORT_START, export.EXPORT_END))
     text = readme.read_text()
     assert "old" not in text and "| LiteRT int8 |" in text and text.endswith(f"{export.EXPORT_END}\nafter\n")

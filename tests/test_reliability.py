@@ -12,8 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from covid_mobilenet import files, summary, sweep
-from covid_mobilenet.files import StorageError, ensure_writable, write_atomic
+from covid_mobilenet.analysis import summary
+from covid_mobilenet.common import files
+from covid_mobilenet.common.config import load_config
+from covid_mobilenet.common.files import StorageError, ensure_writable, write_atomic
+from covid_mobilenet.sweep import plan, preflight
 from tests.conftest import folders, run_all
 
 
@@ -26,7 +29,7 @@ from tests.conftest import folders, run_all
      ({"dense_units": "8"}, "Parameter dense_units must be an integer >= 1, got '8' (str)")],
 )
 def test_a_bad_configuration_file_stops_the_sweep_before_it_starts(tmp_path, tiny_root, settings, fragment):
-    config = summary.load_config()
+    config = load_config()
     config["experiments"]["mn_resultset3"].update(settings)
     config_file = tmp_path / "experiments.json"
     config_file.write_text(json.dumps(config))
@@ -97,7 +100,7 @@ def test_a_full_disk_gives_an_error_and_destroys_nothing(tmp_path, monkeypatch):
 
 def test_a_crash_during_the_summary_is_repaired_by_running_it_again(demo_sweep, tmp_path, monkeypatch):
     results = demo_sweep[0] / "results"
-    config = summary.load_config()
+    config = load_config()
     reference = summary.write_summary(results, tmp_path / "clean", config=config, demo=True, update_readme=False)
     expected_csv = reference["csv"].read_text()
 
@@ -134,10 +137,10 @@ def test_an_unwritable_results_folder_stops_the_sweep_before_it_starts(tmp_path,
         return real_mkstemp(*args, dir=dir, **kwargs)
 
     monkeypatch.setattr(files.tempfile, "mkstemp", read_only)
-    mode = sweep.make_mode(summary.load_config(), demo=True, results_dir=results, graph_dir=tmp_path / "Graph", data_dir=tiny_root)
-    jobs = sweep.plan(summary.load_config(), ["mn_resultset1"], mode, {})
-    with pytest.raises(sweep.SweepError, match=f"Cannot write to {results} \\(Read-only file system\\)"):
-        sweep.preflight(jobs, mode, say=lambda message: None)
+    mode = plan.make_mode(load_config(), demo=True, results_dir=results, graph_dir=tmp_path / "Graph", data_dir=tiny_root)
+    jobs = plan.plan(load_config(), ["mn_resultset1"], mode, {})
+    with pytest.raises(preflight.SweepError, match=f"Cannot write to {results} \\(Read-only file system\\)"):
+        preflight.preflight(jobs, mode, say=lambda message: None)
     assert (results / "mn_resultset1" / "metrics.json").read_text() == '{"kept": true}'
 
 
@@ -148,3 +151,31 @@ def test_ensure_writable_names_the_folder_and_the_fix(tmp_path, monkeypatch):
     monkeypatch.setattr(files.tempfile, "mkstemp", full)
     with pytest.raises(StorageError, match=f"Cannot write to {tmp_path}.*free some space"):
         ensure_writable(tmp_path)
+
+
+def test_a_file_written_by_a_library_is_synced_then_renamed_under_its_own_suffix(tmp_path, monkeypatch):
+    """Matplotlib and Keras write files themselves: they get a temporary path that keeps the suffix they insist on,
+    and the file is fsynced before it replaces the old one."""
+    from matplotlib.figure import Figure
+
+    events, real_fsync, real_replace = [], os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: (events.append("fsync"), real_fsync(fd))[1])
+    monkeypatch.setattr(os, "replace", lambda a, b: (events.append(("replace", Path(a).name, Path(b).name)), real_replace(a, b))[1])
+    files.save_figure(Figure(), tmp_path / "graph.png")
+    assert events[0] == "fsync" and events[1][0] == "replace" and events[1][2] == "graph.png"
+    assert events[1][1].startswith(".graph.png.") and events[1][1].endswith(".tmp.png")
+    with files.atomic_path(tmp_path / "backbone.weights.h5") as temporary:
+        assert temporary.name.endswith(".tmp.weights.h5") and temporary.parent == tmp_path
+        temporary.write_bytes(b"weights")
+    assert (tmp_path / "backbone.weights.h5").read_bytes() == b"weights"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["backbone.weights.h5", "graph.png"]
+
+
+def test_a_crash_inside_a_library_writer_leaves_nothing_behind(tmp_path):
+    (tmp_path / "model.keras").write_bytes(b"the previous model")
+    with pytest.raises(KeyboardInterrupt):
+        with files.atomic_path(tmp_path / "model.keras") as temporary:
+            temporary.write_bytes(b"half a mod")
+            raise KeyboardInterrupt
+    assert [p.name for p in tmp_path.iterdir()] == ["model.keras"]
+    assert (tmp_path / "model.keras").read_bytes() == b"the previous model"

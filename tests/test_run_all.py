@@ -12,9 +12,12 @@ import keras
 import pandas as pd
 import pytest
 
-from covid_mobilenet import summary
-from covid_mobilenet.params import RULES
-from covid_mobilenet.summary import format_duration
+from covid_mobilenet.analysis import summary, tables
+from covid_mobilenet.analysis import text as summary_text
+from covid_mobilenet.analysis.text import format_duration
+from covid_mobilenet.common.config import load_config
+from covid_mobilenet.common.readme import replace_readme_section
+from covid_mobilenet.run.params import RULES
 
 from tests.conftest import NAMES, ONLY_SWEPT, PROJECT, README, SWEPT, TINY, comparable, folders, run_all, tiny_backbone_config
 
@@ -47,10 +50,10 @@ def test_table_numbers_come_from_metrics(demo_sweep):
         assert row["Training time"] == format_duration(metrics["train_seconds"])
         assert row["Training seconds"] == metrics["train_seconds"]
         assert row["Epochs"] == metrics["epochs_run"] == 2
-        study = summary.load_config()["experiments"][row["Model"]]["learning_rate"]
+        study = load_config()["experiments"][row["Model"]]["learning_rate"]
         assert metrics["params"]["learning_rate"] == pytest.approx(study * 10)  # the demo's learning_rate_factor
         assert "/cache/demo_backbone/mobilenet_32px_" in metrics["params"]["weights"]
-        assert row["Study test accuracy"] == summary.load_config()["experiments"][row["Model"]]["reference"]["test_accuracy"]
+        assert row["Study test accuracy"] == load_config()["experiments"][row["Model"]]["reference"]["test_accuracy"]
     hidden = dict(zip(table["Model"], table["Hidden Layer"]))
     assert hidden["mn_resultset4"] == 2 and hidden["mn_resultset5"] == 3
 
@@ -80,7 +83,7 @@ def test_a_failing_configuration_is_reported_the_others_complete_and_no_credenti
     # A weights file that exists passes every check before the sweep, and fails when MobileNet loads it.
     wrong = tmp_path / "wrong.weights.h5"
     keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)]).save_weights(wrong)
-    config = summary.load_config()
+    config = load_config()
     config["demo"].pop("backbone")  # so that the experiment's own weights count
     config["experiments"] = {
         "mn_resultset1": {**config["experiments"]["mn_resultset1"], "weights": None},
@@ -159,7 +162,7 @@ def test_summary_on_partial_results(demo_sweep, tmp_path):
     (results / "mn_resultset3" / "seed-42").mkdir(parents=True)
     shutil.copy(source / "mn_resultset2" / "seed-42" / "mn_resultset2.ipynb",
                 results / "mn_resultset3" / "seed-42" / "mn_resultset3.ipynb")  # ran, no metrics
-    config = summary.load_config()
+    config = load_config()
 
     paths = summary.write_summary(results, tmp_path / "Graph", config=config, demo=True, update_readme=False)
     table = pd.read_csv(paths["csv"]).set_index("Model")
@@ -189,7 +192,7 @@ def test_real_results_fill_the_readme(demo_sweep, tmp_path):
     metrics_file.write_text(json.dumps(metrics))
     readme = tmp_path / "README.md"
     readme.write_text("<!-- results:start -->\n<!-- results:end -->\n<!-- regions:start -->\n<!-- regions:end -->\n")
-    summary.write_summary(results, tmp_path / "Graph", config=summary.load_config(), demo=False, update_readme=True, readme=readme)
+    summary.write_summary(results, tmp_path / "Graph", config=load_config(), demo=False, update_readme=True, readme=readme)
     text = readme.read_text()
     assert "No run of the training-time protocol on the real data" in text.split("<!-- regions:start -->")[1]
     assert "What the models look at" in text and "No lungs" in text  # the shortcut checks of the run
@@ -230,12 +233,12 @@ def test_fast_sweep_runs_the_backbone_once_for_all_configurations(tiny_root, tmp
 
 
 def test_fast_results_have_their_own_folders_and_cannot_be_set_by_hand():
-    from covid_mobilenet import sweep
+    from covid_mobilenet.sweep.plan import make_mode
 
-    config = summary.load_config()
-    assert (sweep.make_mode(config, demo=False, fast=True).results_dir, sweep.make_mode(config, demo=False, fast=True).graph_dir) == ("results/fast", "Graph/fast")
-    assert sweep.make_mode(config, demo=True, fast=True).results_dir == "results/demo/fast"
-    assert sweep.make_mode(config, demo=False).results_dir == "results"
+    config = load_config()
+    assert (make_mode(config, demo=False, fast=True).results_dir, make_mode(config, demo=False, fast=True).graph_dir) == ("results/fast", "Graph/fast")
+    assert make_mode(config, demo=True, fast=True).results_dir == "results/demo/fast"
+    assert make_mode(config, demo=False).results_dir == "results"
     refused = run_all("--set", "fast=True")
     assert refused.returncode == 2 and "--fast" in refused.stderr
 
@@ -243,8 +246,8 @@ def test_fast_results_have_their_own_folders_and_cannot_be_set_by_hand():
 def test_fast_readme_section_has_its_own_markers(tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text(README.read_text())
-    section = summary.readme_section(summary.summary_table({}, summary.load_config()), {}, [], "g.png", fast=True)
-    assert summary.replace_readme_section(readme, section + "\nchanged", (summary.FAST_RESULTS_START, summary.FAST_RESULTS_END))
+    section = summary_text.readme_section(tables.summary_table({}, load_config()), {}, [], "g.png", fast=True)
+    assert replace_readme_section(readme, section + "\nchanged", (summary.FAST_RESULTS_START, summary.FAST_RESULTS_END))
     text = readme.read_text()
     assert "changed" in text.split(summary.FAST_RESULTS_START)[1].split(summary.FAST_RESULTS_END)[0]
     assert text.split(summary.RESULTS_START)[1].split(summary.RESULTS_END)[0] == README.read_text().split(summary.RESULTS_START)[1].split(summary.RESULTS_END)[0]

@@ -4,7 +4,8 @@ import subprocess
 import sys
 import textwrap
 
-from covid_mobilenet import report, runtime
+from covid_mobilenet.common import machine
+from covid_mobilenet.model import runtime
 from tests.conftest import PROJECT
 
 
@@ -13,7 +14,7 @@ def bench_file(tmp_path, float32, bfloat16, cpu=None, cores=None):
 
     path = tmp_path / "bench.json"
     path.write_text(json.dumps({
-        "machine": {"cpu": cpu or report.cpu_name(), "cpu_count": cores or os.cpu_count(), "gpus": []},
+        "machine": {"cpu": cpu or machine.cpu_name(), "cpu_count": cores or os.cpu_count(), "gpus": []},
         "precision": {"float32": {"images_per_second": float32}, "mixed_bfloat16": {"images_per_second": bfloat16}},
     }))
     return path
@@ -35,7 +36,7 @@ def test_auto_precision_follows_the_hardware_and_this_machines_benchmark(tmp_pat
 def test_a_reduced_precision_model_keeps_a_float32_output():
     import keras
 
-    from covid_mobilenet.model import build_model
+    from covid_mobilenet.model.architecture import build_model
 
     keras.mixed_precision.set_global_policy("mixed_bfloat16")
     try:
@@ -51,21 +52,16 @@ MIRRORED = textwrap.dedent("""
     import tensorflow as tf
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    from covid_mobilenet import experiment, runtime
-    from covid_mobilenet.params import check_parameters, notebook_defaults
-    params = check_parameters({**notebook_defaults(), **json.loads(sys.argv[1])})
-    run = runtime.configure("float32", devices=["/cpu:0", "/cpu:1"])
-    data = experiment.prepare_data(params, run)
-    model = experiment.build(params, data, run)
-    history = experiment.train(model, data, params)
-    predictions = experiment.predict(model, data)
-    analysis = experiment.look_for_shortcuts(experiment.full_model(model, data, params), data, predictions, params, run)
-    metrics = experiment.evaluate(model, data, predictions, params, history, run, analysis)
+    from covid_mobilenet.run.params import notebook_defaults
+    from covid_mobilenet.run.steps import run_experiment
+    run = run_experiment({**notebook_defaults(), **json.loads(sys.argv[1])}, devices=["/cpu:0", "/cpu:1"])
+    data, metrics = run.data, run.metrics
     print("RESULT", json.dumps({
         "checked": metrics["shortcuts"]["regions"]["no_lungs"]["images"], "test_size": data.pipelines.sizes["test"],
-        "replicas": run.replicas, "batch": data.pipelines.batch_size, "steps": data.pipelines.steps_per_epoch,
-        "train": data.pipelines.sizes["train"], "variable": type(model.trainable_weights[0].value).__name__,
-        "losses": history["loss"].tolist(), "runtime": metrics["runtime"], "test": metrics["test"]["accuracy"],
+        "replicas": run.runtime.replicas, "batch": data.pipelines.batch_size, "steps": data.pipelines.steps_per_epoch,
+        "train": data.pipelines.sizes["train"], "variable": type(run.model.trainable_weights[0].value).__name__,
+        "losses": run.history["loss"].tolist(), "runtime": metrics["runtime"], "test": metrics["test"]["accuracy"],
+        "saved": sorted(name for name, path in run.paths.items() if path.exists()),
     }))
 """)
 
@@ -73,7 +69,7 @@ MIRRORED = textwrap.dedent("""
 def test_training_under_mirrored_strategy_on_two_logical_cpus(tmp_path, tiny_root):
     params = {"data_dir": str(tiny_root), "results_dir": str(tmp_path / "results"), "graph_dir": str(tmp_path / "Graph"),
               "experiment": "mirrored", "image_size": 32, "batch_size": 8, "epochs": 2, "learning_rate": 1e-3,
-              "weights": None, "dropout": 0.0, "train_base": False}  # the head's gradients are all-reduced all the same
+              "weights": None, "dropout": 0.0, "train_base": False, "precision": "float32"}  # the head's gradients are all-reduced all the same
     done = subprocess.run([sys.executable, "-c", MIRRORED, json.dumps(params)], cwd=PROJECT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     result = json.loads(done.stdout.split("RESULT", 1)[1])
@@ -83,4 +79,6 @@ def test_training_under_mirrored_strategy_on_two_logical_cpus(tmp_path, tiny_roo
     assert "Mirrored" in result["variable"]
     assert len(result["losses"]) == 2 and all(loss == loss for loss in result["losses"])  # finite
     assert result["checked"] == result["test_size"], "the shortcut checks (Grad-CAM, regions) run under the strategy too"
-    assert (tmp_path / "results" / "mirrored").is_dir()
+    assert (tmp_path / "results" / "mirrored" / "seed-42" / "metrics.json").is_file()
+    assert {"model", "predictions", "metrics"} <= set(result["saved"]), "the run's files, written under the strategy"
+

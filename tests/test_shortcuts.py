@@ -8,13 +8,14 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from covid_mobilenet import masks, sources
-from covid_mobilenet.data import scan_dataset, split_images
-from covid_mobilenet.demo import MARKED_SOURCE, MARKER_BOX, generate_demo_dataset
-from covid_mobilenet.gradcam import GradCam, choose_layer, energy_in_mask, find_backbone, upsample
-from covid_mobilenet.model import build_backbone, build_model, compile_model
-from covid_mobilenet.pipeline import load_mask, region_images
-from covid_mobilenet.shortcuts import panel_examples
+from covid_mobilenet.data import masks, sources
+from covid_mobilenet.data.demo import MARKED_SOURCE, MARKER_BOX, generate_demo_dataset
+from covid_mobilenet.data.pipeline import load_mask, region_images
+from covid_mobilenet.data.scan import scan_dataset
+from covid_mobilenet.data.split import split_images
+from covid_mobilenet.model.architecture import build_backbone, build_model, compile_model
+from covid_mobilenet.model.gradcam import GradCam, choose_layer, energy_in_mask, find_backbone, upsample
+from covid_mobilenet.run.shortcut_checks import panel_examples
 
 
 # ---------------------------------------------------------------- energy share: hand cases
@@ -229,7 +230,7 @@ def test_the_demo_has_sources_per_class_and_a_planted_marker_outside_the_lungs(d
 
 
 def test_an_older_demo_set_without_sources_is_regenerated(tmp_path):
-    from covid_mobilenet.demo import DEMO_RECORD, demo_dataset_complete
+    from covid_mobilenet.data.demo import DEMO_RECORD, demo_dataset_complete
 
     root = generate_demo_dataset(tmp_path / "COVID-19_Radiography_Dataset", images=40, seed=2)
     assert demo_dataset_complete(root, 40)

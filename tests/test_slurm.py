@@ -19,8 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from covid_mobilenet import sweep
-from covid_mobilenet.slurm import SUBMITTED_FILE
+from covid_mobilenet.sweep import notebooks
+from covid_mobilenet.sweep.plan import Job
+from covid_mobilenet.sweep.slurm import SUBMITTED_FILE
 
 from tests.conftest import PROJECT, TINY, comparable, folders, run_all, tiny_backbone_config
 
@@ -134,7 +135,7 @@ def test_time_limits_read_as_minutes():
 
 def _start_a_kernel(index: int) -> tuple[str, str, str]:
     async def run():
-        manager = sweep._kernel_manager_logging_to(Path(os.environ["KERNEL_LOGS"]) / f"{index}.log")(kernel_name="python3")
+        manager = notebooks._kernel_manager_logging_to(Path(os.environ["KERNEL_LOGS"]) / f"{index}.log")(kernel_name="python3")
         await manager.start_kernel()
         client = manager.client()
         client.start_channels()
@@ -163,7 +164,7 @@ def test_kernels_started_at_once_each_get_their_own_sockets(tmp_path, monkeypatc
 def test_a_kernel_that_never_ran_a_cell_gets_one_more_try_and_a_notebook_failure_does_not(tmp_path, monkeypatch):
     import papermill
 
-    job = sweep.Job({"experiment": "mn_resultset1", "seed": 42, "results_dir": str(tmp_path), "graph_dir": str(tmp_path)})
+    job = Job({"experiment": "mn_resultset1", "seed": 42, "results_dir": str(tmp_path), "graph_dir": str(tmp_path)})
     calls = []
 
     def kernel_fails_to_start(input_path, output_path, **kw):
@@ -173,8 +174,8 @@ def test_a_kernel_that_never_ran_a_cell_gets_one_more_try_and_a_notebook_failure
             raise RuntimeError("Kernel died before replying to kernel_info")
 
     monkeypatch.setattr(papermill, "execute_notebook", kernel_fails_to_start)
-    monkeypatch.setattr(sweep.time, "sleep", lambda seconds: None)
-    outcome = sweep.execute(job, "python3")
+    monkeypatch.setattr(notebooks.time, "sleep", lambda seconds: None)
+    outcome = notebooks.execute(job, "python3")
     assert len(calls) == 2, "the start-up failure was tried again"
     assert outcome.status == "failed" and "metrics.json" in outcome.detail  # the fake second try wrote no results
 
@@ -186,7 +187,7 @@ def test_a_kernel_that_never_ran_a_cell_gets_one_more_try_and_a_notebook_failure
         raise RuntimeError("Kernel died")
 
     monkeypatch.setattr(papermill, "execute_notebook", dies_mid_notebook)
-    outcome = sweep.execute(job, "python3")
+    outcome = notebooks.execute(job, "python3")
     assert len(calls) == 1 and outcome.status == "failed" and "Kernel died" in outcome.detail
 
 
@@ -324,7 +325,7 @@ def test_ctrl_c_leaves_the_tasks_running_and_a_rerun_does_not_submit_them_again(
 
 
 def test_without_sbatch_the_slurm_backend_says_what_to_do(tmp_path, tiny_root, monkeypatch):
-    from covid_mobilenet import slurm
+    from covid_mobilenet.sweep import slurm
 
     monkeypatch.setattr(slurm.shutil, "which", lambda command: None)
     with pytest.raises(slurm.SlurmError, match="sbatch, sacct, squeue, scancel not found.*local_slurm.sh"):

@@ -5,19 +5,20 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from covid_mobilenet import comparison, statistics, summary
-from covid_mobilenet.runs import PREDICTIONS_FILE
+from covid_mobilenet.analysis import comparison, results, tables, uncertainty
+from covid_mobilenet.analysis import text as summary_text
+from covid_mobilenet.common.run_layout import PREDICTIONS_FILE
 
 
 def test_wilson_interval_of_90_correct_out_of_100():
-    interval = statistics.wilson_interval(90, 100)
+    interval = uncertainty.wilson_interval(90, 100)
     assert interval["low"] == pytest.approx(0.826, abs=5e-4) and interval["high"] == pytest.approx(0.945, abs=5e-4)
 
 
 def test_mcnemar_exact_with_10_and_2_discordant_images():
     first = np.array([True] * 10 + [False] * 2 + [True] * 30 + [False] * 8)
     second = np.array([False] * 10 + [True] * 2 + [True] * 30 + [False] * 8)
-    result = statistics.mcnemar_exact(first, second)
+    result = uncertainty.mcnemar_exact(first, second)
     assert (result["only_first_correct"], result["only_second_correct"]) == (10, 2)
     assert result["p_value"] == pytest.approx(0.0386, abs=5e-4)  # 2 * P(X <= 2), X ~ Binomial(12, 1/2)
 
@@ -26,24 +27,24 @@ def test_a_configuration_compared_with_itself_is_never_significant():
     rng = np.random.default_rng(0)
     correct = [rng.uniform(size=200) < 0.8 for _ in range(3)]
     for seeds in (correct[:1], correct):
-        paired = statistics.paired_difference(seeds, seeds)
+        paired = uncertainty.paired_difference(seeds, seeds)
         assert paired["difference"] == 0 and paired["p_value"] == 1.0
         assert paired["interval"]["low"] <= 0 <= paired["interval"]["high"]
-    significant, adjusted = statistics.holm([1.0, 1.0, 0.5])
+    significant, adjusted = uncertainty.holm([1.0, 1.0, 0.5])
     assert not any(significant)
 
 
 def test_t_interval_over_seeds():
-    interval = statistics.t_interval([0.80, 0.82, 0.84])
+    interval = uncertainty.t_interval([0.80, 0.82, 0.84])
     assert interval["mean"] == pytest.approx(0.82) and interval["sd"] == pytest.approx(0.02)
     half_width = 4.302653 * 0.02 / np.sqrt(3)  # t(0.975, 2 degrees of freedom)
     assert interval["low"] == pytest.approx(0.82 - half_width) and interval["high"] == pytest.approx(0.82 + half_width)
     with pytest.raises(ValueError):
-        statistics.t_interval([0.8])
+        uncertainty.t_interval([0.8])
 
 
 def test_holm_adjusts_step_down():
-    significant, adjusted = statistics.holm([0.01, 0.04, 0.03])
+    significant, adjusted = uncertainty.holm([0.01, 0.04, 0.03])
     assert adjusted == pytest.approx([0.03, 0.06, 0.06]) and significant == [True, False, False]
 
 
@@ -51,8 +52,8 @@ def test_single_run_intervals_are_reproducible_and_contain_the_estimate():
     rng = np.random.default_rng(1)
     labels = rng.integers(0, 4, 300)
     predicted = np.where(rng.uniform(size=300) < 0.8, labels, rng.integers(0, 4, 300))
-    first = statistics.single_run_intervals(labels, predicted, 4)
-    assert first == statistics.single_run_intervals(labels, predicted, 4), "fixed bootstrap seed"
+    first = uncertainty.single_run_intervals(labels, predicted, 4)
+    assert first == uncertainty.single_run_intervals(labels, predicted, 4), "fixed bootstrap seed"
     accuracy = (labels == predicted).mean()
     assert first["accuracy"]["low"] < accuracy < first["accuracy"]["high"]
     assert first["macro_f1"]["low"] < first["macro_f1"]["high"] and "1000 resamples" in first["macro_f1"]["method"]
@@ -86,7 +87,7 @@ def test_summary_compares_seed_by_seed_and_judges_the_claims(tmp_path):
         fake_run(tmp_path, "base", seed, base)
         fake_run(tmp_path, "better", seed, base | (rng.uniform(size=400) < 0.5))  # right wherever base is, and more
         fake_run(tmp_path, "same", seed, base)
-    collected = summary.collect_results(tmp_path, config)
+    collected = results.collect_results(tmp_path, config)
     assert [run.seed for run in collected["base"]] == [1, 2]
     comparisons = comparison.compare_with_baseline(collected, "base")
     assert comparisons["better"].significant and comparisons["better"].difference > 0.15
@@ -95,10 +96,10 @@ def test_summary_compares_seed_by_seed_and_judges_the_claims(tmp_path):
     verdicts = {v["claim"]: v["verdict"] for v in comparison.judge_claims(config["claims"], comparisons)}
     assert verdicts == {"Better is better.": "supported", "Same is worse.": "not shown"}
 
-    table = summary.summary_table(collected, config, comparisons).set_index("Model")
+    table = tables.summary_table(collected, config, comparisons).set_index("Model")
     assert table.loc["base", "Seeds"] == 2 and "t-interval over 2 seeds" in table.loc["base", "Interval"]
     assert table.loc["better", "Significant"] and not table.loc["same", "Significant"]
-    text = summary.markdown_table(table.reset_index(), baseline="base")
+    text = summary_text.markdown_table(table.reset_index(), baseline="base")
     assert "\\*" in text.split("**better**")[1].split("\n")[0], "the significant difference is marked"
     assert "\\*" not in text.split("**same**")[1].split("\n")[0]
 
@@ -106,10 +107,10 @@ def test_summary_compares_seed_by_seed_and_judges_the_claims(tmp_path):
 def test_a_single_seed_uses_the_runs_wilson_interval_and_other_splits_are_not_compared(tmp_path):
     fake_run(tmp_path, "base", 5, np.arange(100) < 90)
     fake_run(tmp_path / "other", "x", 5, np.arange(50) < 40)
-    runs = summary.collect_results(tmp_path, {"experiments": {"base": {}}})["base"]
+    runs = results.collect_results(tmp_path, {"experiments": {"base": {}}})["base"]
     stats = comparison.accuracy_summary(runs)
     assert stats["low"] == pytest.approx(0.826, abs=5e-4) and "one seed" in stats["method"]
-    other = summary.read_result(tmp_path / "other" / "x" / "seed-5")
+    other = results.read_result(tmp_path / "other" / "x" / "seed-5")
     other.name = "x"
     result = comparison.compare("x", [other], "base", runs)
     assert result.problem and "different images" in result.problem and result.p_value is None
@@ -123,7 +124,7 @@ def test_a_difference_that_flips_between_seeds_is_not_called_real(tmp_path):
     fake_run(tmp_path, "flip", 1, np.ones(300, bool))  # seed 1: right everywhere, +50 points
     fake_run(tmp_path, "base", 2, half)
     fake_run(tmp_path, "flip", 2, np.zeros(300, bool))  # seed 2: wrong everywhere, -50 points
-    comparisons = comparison.compare_with_baseline(summary.collect_results(tmp_path, config), "base")
+    comparisons = comparison.compare_with_baseline(results.collect_results(tmp_path, config), "base")
     flip = comparisons["flip"]
     assert flip.p_value < 1e-10 and flip.holm_p_value < 0.05, "McNemar finds each seed's difference"
     assert flip.low < 0 < flip.high and not flip.significant

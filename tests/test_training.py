@@ -2,10 +2,15 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from covid_mobilenet import training
-from covid_mobilenet.model import build_model, compile_model
-from covid_mobilenet.pipeline import SplitPipelines
-from covid_mobilenet.runs import remove_backup
+from covid_mobilenet.common.run_layout import TENSORBOARD_FOLDER, backup_dir, remove_backup
+from covid_mobilenet.data.pipeline import SplitPipelines
+from covid_mobilenet.model import training
+from covid_mobilenet.model.architecture import build_model, compile_model
+
+
+def run_folders(run_dir) -> dict:
+    """Where a run in ``run_dir`` keeps its backup and its TensorBoard logs, as the run's steps pass them."""
+    return {"backup": backup_dir(run_dir), "tensorboard": run_dir / TENSORBOARD_FOLDER}
 
 
 def tiny_pipelines(seed=0) -> SplitPipelines:
@@ -33,12 +38,12 @@ def fresh_model(train_base=False):
 
 def test_a_resumed_run_ends_exactly_where_an_uninterrupted_one_does(tmp_path, capsys):
     uninterrupted_model = fresh_model(train_base=True)
-    uninterrupted = training.fit(uninterrupted_model, tiny_pipelines(), epochs=2, run_dir=tmp_path / "a", params=PARAMS)
+    uninterrupted = training.fit(uninterrupted_model, tiny_pipelines(), epochs=2, **run_folders(tmp_path / "a"), params=PARAMS)
 
-    first = training.fit(fresh_model(train_base=True), tiny_pipelines(), epochs=1, run_dir=tmp_path / "b", params=PARAMS)
+    first = training.fit(fresh_model(train_base=True), tiny_pipelines(), epochs=1, **run_folders(tmp_path / "b"), params=PARAMS)
     assert (tmp_path / "b" / "backup" / "keras" / "latest.weights.h5").exists()
     resumed_model = fresh_model(train_base=True)  # a new process builds a fresh model; the backup brings back epoch 1
-    resumed = training.fit(resumed_model, tiny_pipelines(), epochs=2, run_dir=tmp_path / "b", params={**PARAMS, "epochs": 2})
+    resumed = training.fit(resumed_model, tiny_pipelines(), epochs=2, **run_folders(tmp_path / "b"), params={**PARAMS, "epochs": 2})
     assert "Resuming" in capsys.readouterr().out
 
     assert resumed["epoch"].tolist() == [1, 2]
@@ -53,8 +58,8 @@ def test_a_resumed_run_ends_exactly_where_an_uninterrupted_one_does(tmp_path, ca
 
 
 def test_a_backup_of_other_parameters_is_discarded(tmp_path, capsys):
-    training.fit(fresh_model(), tiny_pipelines(), epochs=1, run_dir=tmp_path, params=PARAMS)
-    history = training.fit(fresh_model(), tiny_pipelines(), epochs=1, run_dir=tmp_path, params={**PARAMS, "seed": 2})
+    training.fit(fresh_model(), tiny_pipelines(), epochs=1, **run_folders(tmp_path), params=PARAMS)
+    history = training.fit(fresh_model(), tiny_pipelines(), epochs=1, **run_folders(tmp_path), params={**PARAMS, "seed": 2})
     assert "Discarding the backup" in capsys.readouterr().out
     assert history["epoch"].tolist() == [1]
 def test_history_keeps_the_last_row_of_a_rerun_epoch(tmp_path):
@@ -68,10 +73,10 @@ def test_history_keeps_the_last_row_of_a_rerun_epoch(tmp_path):
 
 def test_a_run_that_finished_training_but_not_its_outputs_trains_no_more(tmp_path, capsys):
     model = fresh_model()
-    first = training.fit(model, tiny_pipelines(), epochs=2, run_dir=tmp_path, params=PARAMS)
+    first = training.fit(model, tiny_pipelines(), epochs=2, **run_folders(tmp_path), params=PARAMS)
     # killed after the last epoch, before metrics.json: the rerun restores the final weights and trains nothing
     again_model = fresh_model()
-    again = training.fit(again_model, tiny_pipelines(), epochs=2, run_dir=tmp_path, params=PARAMS)
+    again = training.fit(again_model, tiny_pipelines(), epochs=2, **run_folders(tmp_path), params=PARAMS)
     pd.testing.assert_frame_equal(again, first)
     for expected, actual in zip(model.get_weights(), again_model.get_weights()):
         np.testing.assert_array_equal(expected, actual)
@@ -87,13 +92,13 @@ def interrupted_while_saving_epoch_2(run_dir, garbage: bytes):
 
 def test_a_kill_while_the_backup_is_written_still_resumes_exactly(tmp_path, capsys):
     uninterrupted_model = fresh_model()
-    uninterrupted = training.fit(uninterrupted_model, tiny_pipelines(), epochs=2, run_dir=tmp_path / "a", params=PARAMS)
+    uninterrupted = training.fit(uninterrupted_model, tiny_pipelines(), epochs=2, **run_folders(tmp_path / "a"), params=PARAMS)
 
-    training.fit(fresh_model(), tiny_pipelines(), epochs=1, run_dir=tmp_path / "b", params=PARAMS)
+    training.fit(fresh_model(), tiny_pipelines(), epochs=1, **run_folders(tmp_path / "b"), params=PARAMS)
     weights = (tmp_path / "b" / "backup" / "keras" / "latest.weights.h5").read_bytes()
     interrupted_while_saving_epoch_2(tmp_path / "b", weights[: len(weights) // 3])
     resumed_model = fresh_model()
-    resumed = training.fit(resumed_model, tiny_pipelines(), epochs=2, run_dir=tmp_path / "b", params=PARAMS)
+    resumed = training.fit(resumed_model, tiny_pipelines(), epochs=2, **run_folders(tmp_path / "b"), params=PARAMS)
 
     columns = ["loss", "accuracy", "val_loss", "val_accuracy"]
     pd.testing.assert_frame_equal(resumed[columns], uninterrupted[columns])
@@ -102,9 +107,9 @@ def test_a_kill_while_the_backup_is_written_still_resumes_exactly(tmp_path, caps
 
 
 def test_a_backup_cut_short_in_its_first_epoch_starts_over(tmp_path, capsys):
-    training.fit(fresh_model(), tiny_pipelines(), epochs=1, run_dir=tmp_path, params=PARAMS)
+    training.fit(fresh_model(), tiny_pipelines(), epochs=1, **run_folders(tmp_path), params=PARAMS)
     (tmp_path / "backup" / "seal.json").unlink()  # killed before the first epoch was sealed
     (tmp_path / "backup" / "keras" / "latest.weights.h5").write_bytes(b"\x89HDF\r\n half")
-    history = training.fit(fresh_model(), tiny_pipelines(), epochs=1, run_dir=tmp_path, params=PARAMS)
+    history = training.fit(fresh_model(), tiny_pipelines(), epochs=1, **run_folders(tmp_path), params=PARAMS)
     assert "cut short; training starts over" in capsys.readouterr().out
     assert history["epoch"].tolist() == [1]

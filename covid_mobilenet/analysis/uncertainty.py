@@ -1,0 +1,113 @@
+"""Uncertainty of results: intervals for one run and across seeds, and the paired tests between configurations.
+
+Everything here reads per-image predictions (``predictions.csv``) or finished metrics, never a model,
+and uses the field's libraries: statsmodels for the Wilson interval, McNemar's test and Holm's
+correction, scipy for the bootstrap and the t-distribution, scikit-learn for the metrics resampled.
+Free of TensorFlow.
+"""
+from __future__ import annotations
+
+import numpy as np
+from scipy import stats
+from sklearn import metrics as skm
+from statsmodels.stats.contingency_tables import mcnemar
+from statsmodels.stats.multitest import multipletests
+from statsmodels.stats.proportion import proportion_confint
+
+CONFIDENCE = 0.95
+BOOTSTRAP_RESAMPLES = 1000
+BOOTSTRAP_SEED = 0  # fixed: the same predictions always give the same interval
+ALPHA = 0.05
+
+
+def wilson_interval(correct: int, total: int, confidence: float = CONFIDENCE) -> dict:
+    """Wilson score interval of a proportion (test accuracy: correct of total images)."""
+    low, high = proportion_confint(correct, total, alpha=1 - confidence, method="wilson")
+    return {"low": float(low), "high": float(high), "method": f"Wilson score, {confidence:.0%}"}
+
+
+def bootstrap_interval(statistic, *samples: np.ndarray, confidence: float = CONFIDENCE) -> dict:
+    """Percentile bootstrap interval of ``statistic(*samples)``, resampling images (rows of all samples together)."""
+    result = stats.bootstrap(
+        samples, statistic, paired=True, vectorized=False, n_resamples=BOOTSTRAP_RESAMPLES,
+        confidence_level=confidence, method="percentile", random_state=np.random.default_rng(BOOTSTRAP_SEED),
+    )
+    return {
+        "low": float(result.confidence_interval.low),
+        "high": float(result.confidence_interval.high),
+        "method": f"percentile bootstrap over test images, {BOOTSTRAP_RESAMPLES} resamples, seed {BOOTSTRAP_SEED}, {confidence:.0%}",
+    }
+
+
+def single_run_intervals(labels: np.ndarray, predicted: np.ndarray, num_classes: int) -> dict:
+    """95% intervals of one run's test accuracy (Wilson), macro F1 and balanced accuracy (bootstrap)."""
+    classes = np.arange(num_classes)
+
+    def macro_f1(truth, guess):
+        return skm.f1_score(truth, guess, labels=classes, average="macro", zero_division=0)
+
+    def balanced_accuracy(truth, guess):
+        return skm.balanced_accuracy_score(truth, guess)
+
+    labels, predicted = np.asarray(labels), np.asarray(predicted)
+    return {
+        "accuracy": wilson_interval(int((labels == predicted).sum()), len(labels)),
+        "macro_f1": bootstrap_interval(macro_f1, labels, predicted),
+        "balanced_accuracy": bootstrap_interval(balanced_accuracy, labels, predicted),
+    }
+
+
+def t_interval(values: list[float] | np.ndarray, confidence: float = CONFIDENCE) -> dict:
+    """Mean, standard deviation and t-interval of the mean over seeds (two or more values)."""
+    values = np.asarray(values, dtype=float)
+    if len(values) < 2:
+        raise ValueError("a t-interval needs at least two values")
+    mean, sd = float(values.mean()), float(values.std(ddof=1))
+    if sd == 0:
+        low = high = mean
+    else:
+        low, high = stats.t.interval(confidence, len(values) - 1, loc=mean, scale=sd / np.sqrt(len(values)))
+    return {"mean": mean, "sd": sd, "low": float(low), "high": float(high), "n": len(values),
+            "method": f"t-interval over {len(values)} seeds, {confidence:.0%}"}
+
+
+def mcnemar_exact(first_correct: np.ndarray, second_correct: np.ndarray) -> dict:
+    """McNemar's exact test on the images one model gets right and the other wrong (same images, same order)."""
+    first_correct, second_correct = np.asarray(first_correct, bool), np.asarray(second_correct, bool)
+    if first_correct.shape != second_correct.shape:
+        raise ValueError("McNemar's test compares predictions on the same images")
+    only_first = int((first_correct & ~second_correct).sum())
+    only_second = int((~first_correct & second_correct).sum())
+    both = int((first_correct & second_correct).sum())
+    neither = int((~first_correct & ~second_correct).sum())
+    result = mcnemar([[both, only_first], [only_second, neither]], exact=True)
+    return {"only_first_correct": only_first, "only_second_correct": only_second, "p_value": float(result.pvalue)}
+
+
+def paired_difference(first_correct: list[np.ndarray], second_correct: list[np.ndarray]) -> dict:
+    """Second minus first in test accuracy, per seed on the same images, with a 95% interval and McNemar per seed.
+
+    Two or more seeds: the t-interval of the per-seed differences. One seed: a bootstrap over images.
+    """
+    per_seed = [mcnemar_exact(a, b) for a, b in zip(first_correct, second_correct)]
+    differences = [float(np.mean(b) - np.mean(a)) for a, b in zip(first_correct, second_correct)]
+    if len(differences) >= 2:
+        interval = t_interval(differences)
+    else:
+        a, b = np.asarray(first_correct[0], float), np.asarray(second_correct[0], float)
+        interval = {"mean": differences[0], **bootstrap_interval(lambda x, y: np.mean(y) - np.mean(x), a, b), "n": 1}
+    return {
+        "difference": float(np.mean(differences)),
+        "interval": interval,
+        "mcnemar": per_seed,
+        # one p-value per comparison: the largest over seeds, so "significant" means significant at every seed
+        "p_value": max(test["p_value"] for test in per_seed),
+    }
+
+
+def holm(p_values: list[float], alpha: float = ALPHA) -> tuple[list[bool], list[float]]:
+    """Holm's step-down correction: (significant, adjusted p-values) for a family of comparisons."""
+    if not p_values:
+        return [], []
+    reject, adjusted, _, _ = multipletests(p_values, alpha=alpha, method="holm")
+    return [bool(r) for r in reject], [float(p) for p in adjusted]

@@ -1,0 +1,149 @@
+"""The speed benchmark: every figure measured side by side in one run, on generated data of the real size.
+
+    python -m covid_mobilenet.benchmark              # 2,000 images of 299x299 at image_size 224, about 15 min on 2 cores
+    python -m covid_mobilenet.benchmark --full-size  # adds the memory check: one fast configuration on 21,165 images
+
+It prints a table and writes ``results/bench.json`` with:
+
+- ``pipeline_speedup``: images/s of the project's tf.data pipeline (decode and resize once,
+  cache, shuffle, batch, prefetch) from its second epoch on, over those of the plain
+  ``keras.utils.image_dataset_from_directory`` on the ``images/`` folders, same images,
+  image size and batch size (first-epoch figures too);
+- ``training_vs_ceiling``: training images/s of the study's model fed by the pipeline,
+  over the same model trained on batches already held in memory as tensors;
+- ``fast_sweep_speedup``: wall time of the seven configurations with a frozen backbone
+  trained end to end, over the same seven through the feature cache (the notebook's
+  steps, without kernel start-up; epochs stated);
+- ``precision``: training images/s in float32 and in the reduced precision this hardware
+  offers (bfloat16 on a CPU with bfloat16 instructions, float16 on a GPU), which
+  ``precision="auto"`` reads on a CPU;
+- ``int8_latency_ratio`` and ``int8_accuracy_difference``: a trained run (``--run``, default the best
+  finished run on the real data, else the best demo run, labelled so) exported to LiteRT
+  (``export.py``): the int8 model's median single-image latency over the float32 model's, and its
+  test accuracy minus the float32 model's, in points, both measured in this run on the whole test split;
+- ``peak_rss_gib``: this process's peak resident memory; with ``--full-size``,
+  ``full_size.peak_rss_gib`` is the peak of the notebook kernel that ran one fast configuration;
+- the raw figures and the machine (CPU, cores, GPUs, versions).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import tensorflow as tf  # noqa: E402
+
+from ..common import machine as this_machine  # noqa: E402
+from ..common.files import write_json  # noqa: E402
+from ..common.paths import BENCH_FILE, PROJECT_ROOT  # noqa: E402
+from ..data.demo import demo_dataset_complete, generate_demo_dataset  # noqa: E402
+from ..data.scan import scan_dataset  # noqa: E402
+from .quantization import measure_quantization, quantization_run  # noqa: E402
+from .sweeps import FULL_SIZE_IMAGES, measure_fast_sweep, measure_full_size  # noqa: E402
+from .throughput import measure_pipeline, measure_precision, measure_training  # noqa: E402
+
+DATA_DIR = PROJECT_ROOT / "data" / "bench"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m covid_mobilenet.benchmark", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=2000, help="generated 299x299 PNG images (default: %(default)s)")
+    parser.add_argument("--image-size", type=int, default=224, help="image side the models see (default: %(default)s, the study's)")
+    parser.add_argument("--batch-size", type=int, default=32, help="(default: %(default)s, the study's)")
+    parser.add_argument("--steps", type=int, default=8, help="training steps per timed epoch of the ceiling comparison (default: %(default)s)")
+    parser.add_argument("--epochs", type=int, default=2, help="epochs of each configuration in the fast-sweep comparison (default: %(default)s)")
+    parser.add_argument("--full-size", action="store_true",
+                        help=f"also run one fast configuration on {FULL_SIZE_IMAGES:,} generated images and record its peak memory")
+    parser.add_argument("--data-dir", type=Path, default=DATA_DIR, help="where the generated sets go (default: %(default)s)")
+    parser.add_argument("--output", type=Path, default=BENCH_FILE, help="(default: %(default)s)")
+    parser.add_argument("--run", type=Path, help="the trained run whose LiteRT exports are compared (default: the best "
+                                                 "finished real run, else the best demo run)")
+    args = parser.parse_args(argv)
+
+    started = time.perf_counter()
+    root = ensure_data(args.data_dir / f"{args.images}", args.images)
+    index = scan_dataset(root)
+    print(f"{len(index.images)} images under {root}; image_size {args.image_size}, batch {args.batch_size}\n")
+
+    bench = {"settings": {**vars(args), "data_dir": str(args.data_dir), "output": str(args.output),
+                          "run": None if args.run is None else str(args.run)}}
+    bench["pipeline"] = measure_pipeline(root, index, args.image_size, args.batch_size)
+    bench["training"], in_memory = measure_training(index, args.image_size, args.batch_size, args.steps)
+    bench["precision"] = measure_precision(bench["training"], in_memory, len(index.class_names), args.image_size)
+    bench["fast_sweep"] = measure_fast_sweep(root, args.image_size, args.batch_size, args.epochs)
+    bench["pipeline_speedup"] = bench["pipeline"]["project"]["later_epochs"] / bench["pipeline"]["baseline"]["later_epochs"]
+    bench["training_vs_ceiling"] = bench["training"]["pipeline"] / bench["training"]["ceiling"]
+    bench["fast_sweep_speedup"] = bench["fast_sweep"]["end_to_end_seconds"] / bench["fast_sweep"]["cached_seconds"]
+    bench["quantization"] = measure_quantization(args.run or quantization_run())
+    if "int8_vs_float32" in bench["quantization"]:
+        bench["int8_latency_ratio"] = bench["quantization"]["int8_vs_float32"]["latency_ratio"]
+        bench["int8_accuracy_difference"] = bench["quantization"]["int8_vs_float32"]["accuracy_difference_vs_float32"]
+    bench["peak_rss_gib"] = this_machine.peak_rss_gib()
+    bench["machine"] = machine()
+    bench["seconds"] = time.perf_counter() - started
+    write_json(args.output, bench)  # before the long memory check, so that nothing measured is lost
+    if args.full_size:
+        bench["full_size"] = measure_full_size(ensure_data(args.data_dir / "full", FULL_SIZE_IMAGES), args.image_size)
+        bench["seconds"] = time.perf_counter() - started
+        write_json(args.output, bench)
+    print("\n" + table(bench))
+    print(f"\nwritten to {args.output}")
+    return 0
+
+
+def ensure_data(root: Path, images: int) -> Path:
+    """A generated set of ``images`` 299x299 PNGs in the real layout (masks included), reused when complete."""
+    root = root / "COVID-19_Radiography_Dataset"
+    if not demo_dataset_complete(root, images):
+        print(f"Generating {images} images in {root}")
+        generate_demo_dataset(root, images=images, seed=0)
+    return root
+
+
+def machine() -> dict:
+    """The machine the figures were measured on: CPU, cores, GPUs, versions."""
+    env = this_machine.environment()
+    gpus = [tf.config.experimental.get_device_details(gpu).get("device_name", gpu.name) for gpu in tf.config.list_physical_devices("GPU")]
+    return {"cpu": this_machine.cpu_name(), "cpu_count": os.cpu_count(), "gpus": gpus,
+            **{key: env[key] for key in ("device", "python", "tensorflow", "keras", "numpy", "platform", "git_commit")}}
+
+
+def table(bench: dict) -> str:
+    """The figures as printed: name, value, and what was measured against what."""
+    pipeline, training, sweep = bench["pipeline"], bench["training"], bench["fast_sweep"]
+    rows = [
+        ("pipeline_speedup", bench["pipeline_speedup"],
+         f"project {pipeline['project']['later_epochs']:.0f} vs image_dataset_from_directory "
+         f"{pipeline['baseline']['later_epochs']:.0f} images/s from epoch 2 (epoch 1: "
+         f"{pipeline['project']['first_epoch']:.0f} vs {pipeline['baseline']['first_epoch']:.0f})"),
+        ("training_vs_ceiling", bench["training_vs_ceiling"],
+         f"{training['pipeline']:.1f} vs {training['ceiling']:.1f} images/s (in-memory tensors)"),
+        ("fast_sweep_speedup", bench["fast_sweep_speedup"],
+         f"{sweep['end_to_end_seconds']:.0f} s end to end vs {sweep['cached_seconds']:.0f} s cached, "
+         f"{sweep['configurations']} configurations x {sweep['epochs']} epochs"),
+    ]
+    rows += [(f"precision {name}", None, f"{figures['images_per_second']:.1f} training images/s")
+             for name, figures in bench["precision"].items()]
+    quantization = bench["quantization"]
+    if "int8_vs_float32" in quantization:
+        rows.append(("int8_latency_ratio", bench["int8_latency_ratio"],
+                     f"LiteRT int8 vs float32, median single-image latency, {quantization['threads']} thread, "
+                     f"{quantization['test_images']} test images of {quantization['run']}{' (demo)' if quantization['demo'] else ''}"))
+        rows.append(("int8_accuracy_difference", bench["int8_accuracy_difference"],
+                     "test accuracy of int8 minus float32, in points; int8 file "
+                     f"{100 * quantization['int8_vs_float32']['size_ratio']:.0f}% of float32"))
+    else:
+        rows.append(("int8_latency_ratio", None, quantization["skipped"]))
+    if "full_size" in bench:
+        full = bench["full_size"]
+        rows.append(("full_size.peak_rss_gib", full["peak_rss_gib"],
+                     f"one fast configuration, {full['images']} images at {full['image_size']} px"))
+    rows.append(("peak_rss_gib", bench["peak_rss_gib"], "this benchmark process"))
+    lines = [f"{'figure':<24} {'value':>8}  measured"]
+    lines += [f"{name:<24} {'' if value is None else f'{value:.2f}':>8}  {detail}" for name, value, detail in rows]
+    lines.append(f"machine: {bench['machine']['device']}; TensorFlow {bench['machine']['tensorflow']}")
+    return "\n".join(lines)

@@ -1,0 +1,175 @@
+"""The tf.data input pipeline: decode and resize each image once, cache, shuffle, batch, prefetch.
+
+Images come out as 3-channel uint8 with values 0..255 whatever the file held
+(grayscale, RGB, RGBA, 16-bit); scaling for MobileNet happens inside the model,
+so a saved model takes raw pixels.
+"""
+from __future__ import annotations
+
+import functools
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import tensorflow as tf
+
+from .layout import SPLITS
+from .masks import THRESHOLD
+from .split import Split
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+def load_image(path: tf.Tensor, image_size: int) -> tf.Tensor:
+    """Read one file into a (image_size, image_size, 3) uint8 tensor."""
+    raw = tf.io.read_file(path)
+    # decode_image reads PNG or JPEG by content, drops alpha, repeats gray to 3 channels
+    # and scales 16-bit samples down to 8 bits.
+    image = tf.io.decode_image(raw, channels=3, dtype=tf.uint8, expand_animations=False)
+    image = tf.image.resize(image, [image_size, image_size], antialias=True)
+    return tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
+
+
+def load_mask(path: tf.Tensor, image_size: int) -> tf.Tensor:
+    """A lung mask file as an (image_size, image_size) bool tensor, resized with nearest neighbour."""
+    mask = tf.io.decode_image(tf.io.read_file(path), channels=1, dtype=tf.uint8, expand_animations=False)
+    mask = tf.image.resize(mask, [image_size, image_size], method="nearest")
+    return mask[..., 0] > THRESHOLD
+
+
+def apply_region(image: tf.Tensor, lungs: tf.Tensor, region: str) -> tf.Tensor:
+    """The image with the pixels outside ``region`` (masks.REGIONS) black."""
+    if region == "full":
+        return image
+    keep = lungs if region == "lungs" else tf.logical_not(lungs)
+    return image * tf.cast(keep[..., None], image.dtype)
+
+
+def region_images(
+    paths: list[str], *, image_size: int, region: str = "full", mask_paths: list[str] | None = None
+) -> tf.data.Dataset:
+    """uint8 images, decoded as for training, with ``region`` applied (``mask_paths`` needed unless it is full)."""
+    if region == "full":
+        return tf.data.Dataset.from_tensor_slices(list(map(str, paths))).map(
+            lambda path: load_image(path, image_size), num_parallel_calls=AUTOTUNE)
+    if mask_paths is None or len(mask_paths) != len(paths):
+        raise ValueError(f"region {region!r} needs one mask path per image")
+    pairs = tf.data.Dataset.from_tensor_slices((list(map(str, paths)), list(map(str, mask_paths))))
+    return pairs.map(lambda path, mask: apply_region(load_image(path, image_size), load_mask(mask, image_size), region),
+                     num_parallel_calls=AUTOTUNE)
+
+
+def decoded(
+    paths: list[str], labels: list[int], *, image_size: int, cache_file: str | os.PathLike | None = None,
+    region: str = "full", mask_paths: list[str] | None = None,
+) -> tf.data.Dataset:
+    """(uint8 image, int32 label) pairs, each file decoded once: cached in memory, or in ``cache_file`` on disk."""
+    images = region_images(paths, image_size=image_size, region=region, mask_paths=mask_paths)
+    dataset = tf.data.Dataset.zip((images, tf.data.Dataset.from_tensor_slices(tf.constant(labels, tf.int32))))
+    return dataset.cache(_prepare_cache_file(cache_file) if cache_file else "")
+
+
+def shuffled_epochs(
+    dataset: tf.data.Dataset, *, size: int, batch_size: int, seed: int, first_epoch: int, epochs: int
+) -> tf.data.Dataset:
+    """Batches of epochs ``first_epoch`` .. ``epochs - 1``, each epoch in its own order drawn from (seed, epoch).
+
+    Because an epoch's order depends only on its number, a run resumed at epoch
+    k sees exactly the batches an uninterrupted run would have seen from k on.
+    The order depends only on (seed, epoch, size), not on what the elements are, so
+    image rows and cached-feature rows of the same split are shuffled alike.
+    """
+    # One dataset per epoch, chained, so that each shuffle gets a Python integer seed (a tensor seed
+    # breaks tf.data when the global seed is 0).
+    epochs_batches = [dataset.shuffle(size, seed=seed * 1_000_003 + epoch).batch(batch_size) for epoch in range(first_epoch, epochs)]
+    if not epochs_batches:
+        return dataset.take(0).batch(batch_size)
+    return functools.reduce(tf.data.Dataset.concatenate, epochs_batches)
+
+
+@dataclass
+class SplitPipelines:
+    """The examples of each subset (decoded-once images, or cached features), in split order or shuffled for training.
+
+    ``examples`` holds one element per example; ``load_batch(subset, *batch)``, when given, turns
+    a batch of those elements into the (inputs, labels) the model takes (the feature cache serves
+    row numbers and reads the rows a whole batch at a time).
+    """
+
+    examples: dict[str, tf.data.Dataset]
+    sizes: dict[str, int]
+    batch_size: int
+    seed: int
+    load_batch: Callable | None = None
+
+    def batches(self, subset: str) -> tf.data.Dataset:
+        """A subset in the split table's order: for validation and evaluation."""
+        return self._served(subset, self.examples[subset].batch(self.batch_size))
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(self.sizes["train"] / self.batch_size)
+
+    def training_epochs(self, first_epoch: int, epochs: int) -> tf.data.Dataset:
+        return self._served("train", shuffled_epochs(
+            self.examples["train"], size=self.sizes["train"], batch_size=self.batch_size,
+            seed=self.seed, first_epoch=first_epoch, epochs=epochs,
+        ))
+
+    def _served(self, subset: str, batches: tf.data.Dataset) -> tf.data.Dataset:
+        if self.load_batch is not None:
+            batches = batches.map(functools.partial(self.load_batch, subset), num_parallel_calls=AUTOTUNE)
+        return batches.prefetch(AUTOTUNE)
+
+
+def split_arrays(split: Split, root: Path, class_names: list[str], subset: str) -> tuple[list[str], list[int]]:
+    """Absolute paths and class indices of one subset, in the split table's order."""
+    return [str(Path(root) / p) for p in split.subset(subset)["path"]], split_labels(split, class_names, subset)
+
+
+def split_masks(split: Split, root: Path, subset: str) -> list[str] | None:
+    """Absolute mask paths of one subset, in the split table's order (None when the table has no mask column)."""
+    if "mask" not in split.table:
+        return None
+    return [str(Path(root) / m) for m in split.subset(subset)["mask"]]
+
+
+def split_labels(split: Split, class_names: list[str], subset: str) -> list[int]:
+    """Class indices of one subset, in the split table's order."""
+    index = {name: i for i, name in enumerate(class_names)}
+    return [index[label] for label in split.subset(subset)["label"]]
+
+
+def split_pipelines(
+    split: Split,
+    root: Path,
+    class_names: list[str],
+    *,
+    image_size: int,
+    batch_size: int,
+    seed: int,
+    cache_dir: str | os.PathLike | None = None,
+    region: str = "full",
+) -> SplitPipelines:
+    """Every subset's images (with ``region`` applied through the split table's mask column), decoded once."""
+    decoded_subsets, sizes = {}, {}
+    for subset in SPLITS:
+        paths, labels = split_arrays(split, root, class_names, subset)
+        name = f"{subset}-{image_size}px{'' if region == 'full' else '-' + region}-{split.sha256[:16]}"
+        cache_file = Path(cache_dir) / name if cache_dir else None
+        decoded_subsets[subset] = decoded(paths, labels, image_size=image_size, cache_file=cache_file,
+                                          region=region, mask_paths=split_masks(split, root, subset))
+        sizes[subset] = len(paths)
+    return SplitPipelines(decoded_subsets, sizes, batch_size, seed)
+
+
+def _prepare_cache_file(cache_file: str | os.PathLike) -> str:
+    """A disk cache path; the leftovers of an interrupted write are removed so TF rewrites it."""
+    cache_file = Path(cache_file)
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    if not Path(f"{cache_file}.index").exists():
+        for leftover in cache_file.parent.glob(f"{cache_file.name}*"):
+            leftover.unlink()
+    return str(cache_file)

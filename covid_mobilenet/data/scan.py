@@ -1,0 +1,126 @@
+"""Listing and checking every image of the data set before any training: each file is decoded once,
+unusable ones are skipped and listed (or, in strict mode, an error). Masks are never read as images."""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+from PIL import Image
+
+from .layout import (EXPECTED_LAYOUT, HOW_TO_GET_DATA, IMAGE_SUFFIXES, STUDY_CLASSES, DatasetError, class_image_folder,
+                     is_hidden, visible_subfolders)
+from .locate import find_dataset_root
+
+
+@dataclass(frozen=True)
+class SkippedFile:
+    path: str  # relative to the data set root
+    reason: str
+
+
+@dataclass
+class ImageIndex:
+    """Every usable image of a data set, and every file that was passed over."""
+
+    root: Path
+    class_names: list[str]
+    images: pd.DataFrame  # columns: path (relative, POSIX), label (class name), sha256
+    skipped: list[SkippedFile] = field(default_factory=list)
+
+    def counts(self) -> dict[str, int]:
+        counts = self.images["label"].value_counts()
+        return {name: int(counts.get(name, 0)) for name in self.class_names}
+
+    def report(self) -> str:
+        lines = [f"{len(self.images)} images in {len(self.class_names)} classes under {self.root}"]
+        lines += [f"  {name}: {count}" for name, count in self.counts().items()]
+        if self.skipped:
+            lines.append(f"{len(self.skipped)} files skipped:")
+            lines += [f"  {s.path}: {s.reason}" for s in self.skipped]
+        return "\n".join(lines)
+
+
+def scan_dataset(root: str | os.PathLike, *, strict: bool = False, workers: int | None = None) -> ImageIndex:
+    """List, hash and fully decode every image, before any training.
+
+    Unusable files (zero bytes, undecodable, truncated, wrong type) are skipped
+    and listed in ``ImageIndex.skipped``; with ``strict`` they are an error.
+    """
+    root = find_dataset_root(root)
+    class_folders = visible_subfolders(root)
+    candidates: list[tuple[Path, str]] = []
+    skipped: list[SkippedFile] = []
+    for class_folder in class_folders:
+        for file in sorted(class_image_folder(class_folder).iterdir()):
+            if not file.is_file() or is_hidden(file):
+                continue
+            if file.suffix.lower() in IMAGE_SUFFIXES:
+                candidates.append((file, class_folder.name))
+            else:
+                reason = f"not an image file ({file.suffix or 'no extension'}); only {', '.join(IMAGE_SUFFIXES)} are read"
+                skipped.append(SkippedFile(_relative(file, root), reason))
+
+    with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
+        inspected = list(pool.map(inspect_image, (file for file, _ in candidates)))
+
+    rows = []
+    for (file, label), (sha256, problem) in zip(candidates, inspected):
+        if problem:
+            skipped.append(SkippedFile(_relative(file, root), problem))
+        else:
+            rows.append((_relative(file, root), label, sha256))
+    skipped.sort(key=lambda s: s.path)
+    if strict and skipped:
+        raise DatasetError(f"{len(skipped)} unusable files (strict mode): {_list_skipped(skipped)}")
+
+    images = pd.DataFrame(rows, columns=["path", "label", "sha256"]).sort_values("path", ignore_index=True)
+    class_names = [folder.name for folder in class_folders]
+    empty = [name for name in class_names if not (images["label"] == name).any()]
+    if empty:
+        raise DatasetError(
+            f"Class folder(s) with no usable images under {root}: {', '.join(empty)}; {EXPECTED_LAYOUT}. "
+            "Remove the folder or put its images back."
+            + (f" Skipped: {_list_skipped(skipped)}" if skipped else "")
+        )
+    if len(class_names) < 2:
+        raise DatasetError(f"{root} holds {len(class_names)} class folder(s); at least two are needed; {EXPECTED_LAYOUT}.")
+    missing = [name for name in STUDY_CLASSES if name not in class_names]
+    if missing and set(class_names) < set(STUDY_CLASSES):  # some of the study's classes, not all: a partial copy
+        raise DatasetError(
+            f"Class folder(s) missing under {root}: {', '.join(missing)}; the data set has "
+            f"{', '.join(STUDY_CLASSES)}. Was the archive only partly unzipped? {HOW_TO_GET_DATA}"
+        )
+    return ImageIndex(root=root, class_names=class_names, images=images, skipped=skipped)
+
+
+def inspect_image(path: Path) -> tuple[str | None, str | None]:
+    """(SHA-256 of the file, None) for a usable image, (None, reason) otherwise."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        return None, f"cannot be read ({exc.strerror or exc})"
+    if not data:
+        return None, "empty file (0 bytes)"
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image_format = image.format
+            image.load()  # decodes every pixel: catches truncated and corrupt files
+    except Exception as exc:
+        return None, f"cannot be decoded as an image ({str(exc).strip() or type(exc).__name__})"
+    if image_format not in ("PNG", "JPEG"):
+        return None, f"is a {image_format} file; only PNG and JPEG are read"
+    return hashlib.sha256(data).hexdigest(), None
+
+
+def _relative(file: Path, root: Path) -> str:
+    return file.relative_to(root).as_posix()
+
+
+def _list_skipped(skipped: list[SkippedFile], limit: int = 20) -> str:
+    shown = "; ".join(f"{s.path} ({s.reason})" for s in skipped[:limit])
+    return shown + (f"; and {len(skipped) - limit} more" if len(skipped) > limit else "")

@@ -1,0 +1,92 @@
+"""LiteRT: converting a SavedModel into flatbuffers (float32, float16 weights, full-integer int8) and running
+one, an image at a time, with the timing ``export`` reports. ``ai-edge-litert``'s interpreter, or
+``tf.lite.Interpreter`` where that is missing."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+WARMUP = 10  # single-image calls before any is timed
+
+
+def interpreter_class():
+    """LiteRT's interpreter, or TensorFlow's copy of it where ai-edge-litert is not installed."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+
+        return Interpreter, "ai_edge_litert"
+    except ImportError:
+        import tensorflow as tf
+
+        return tf.lite.Interpreter, "tf.lite"
+
+
+def convert(saved_model: Path, variant: str, calibration: np.ndarray | None = None) -> bytes:
+    """One LiteRT flatbuffer of the SavedModel: float32, float16 weights, or full-integer int8 (uint8 in and out)."""
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
+    if variant == "float16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif variant == "int8":
+        def representative():
+            for image in calibration:
+                yield [image[None].astype(np.float32)]
+
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = representative
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.uint8
+        converter.inference_output_type = tf.uint8
+    return converter.convert()
+
+
+class LiteModel:
+    """A LiteRT model run one image at a time, quantizing its input and dequantizing its output as it needs."""
+
+    def __init__(self, path: Path, threads: int):
+        interpreter, self.runtime = interpreter_class()
+        self.interpreter = interpreter(model_path=str(path), num_threads=threads)
+        self.interpreter.allocate_tensors()
+        self.input = self.interpreter.get_input_details()[0]
+        self.output = self.interpreter.get_output_details()[0]
+
+    @property
+    def input_dtype(self):
+        return self.input["dtype"]
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        scale, zero = self.input["quantization"]
+        if self.input["dtype"] == np.float32:
+            value = image[None].astype(np.float32)
+        else:  # quantized input: q = x / scale + zero (for raw pixels the scale is about 1)
+            info = np.iinfo(self.input["dtype"])
+            value = np.clip(np.round(image[None] / scale + zero), info.min, info.max).astype(self.input["dtype"])
+        self.interpreter.set_tensor(self.input["index"], value)
+        self.interpreter.invoke()
+        out = self.interpreter.get_tensor(self.output["index"])[0]
+        scale, zero = self.output["quantization"]
+        return (out.astype(np.float32) - zero) * scale if self.output["dtype"] != np.float32 else out
+
+
+def measure(predict_one, pixels: np.ndarray) -> tuple[np.ndarray, float]:
+    """(probabilities of every image, median seconds per image after WARMUP single-image calls)."""
+    for image in pixels[:WARMUP]:
+        predict_one(image)
+    outputs, seconds = [], []
+    for image in pixels:
+        started = time.perf_counter()
+        outputs.append(np.asarray(predict_one(image), dtype=np.float64))
+        seconds.append(time.perf_counter() - started)
+    return np.stack(outputs), float(np.median(seconds))
+
+
+def keras_single_image(model):
+    """The Keras model called on one image, compiled once (the fair single-image latency of Keras)."""
+    import tensorflow as tf
+
+    call = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    return lambda image: call(image[None])[0].numpy()

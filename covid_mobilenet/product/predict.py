@@ -1,0 +1,187 @@
+"""Apply a trained model to images: one row per image, the predicted class and every class's probability.
+
+    python -m covid_mobilenet.predict IMAGES_OR_FOLDERS... [--run results/<experiment>/seed-<seed> | --model FILE]
+                                      [--csv FILE] [--gradcam FOLDER]
+
+Images are decoded exactly as the training pipeline decodes them (``data.pipeline.load_image``: PNG or
+JPEG of any size, grayscale, RGB, RGBA or 16-bit, resized to the model's side), and the model
+takes raw pixels (its scaling is inside it). A file that cannot be read is named and skipped;
+the exit status is 1 when any failed, 2 when no model could be found. Without ``--run`` or
+``--model`` the best finished run on the real data (highest test accuracy) is used, and named.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from ..analysis.results import RunNotFound, best_run  # noqa: E402
+from ..common.paths import PROJECT_ROOT  # noqa: E402
+from ..common.run_layout import METRICS_FILE, MODEL_FILE  # noqa: E402
+from ..data.layout import IMAGE_SUFFIXES, STUDY_CLASSES  # noqa: E402
+
+DEFAULT_RESULTS = PROJECT_ROOT / "results"
+
+
+class PredictError(RuntimeError):
+    """No model to predict with, or unusable arguments; the message says what to do."""
+
+
+@dataclass
+class TrainedModel:
+    model: object  # keras.Model
+    class_names: list[str]
+    image_size: int
+    source: str  # which run or file, for the user
+
+
+def load_trained(run: Path | None = None, model_file: Path | None = None) -> TrainedModel:
+    """A run's model with its class names and image size (from its metrics.json), or a .keras file's."""
+    import keras
+
+    if run is not None:
+        model_file = Path(run) / MODEL_FILE
+        if not model_file.is_file():
+            raise PredictError(f"{run} holds no {MODEL_FILE}: is it a finished run's folder (results/<experiment>/seed-<seed>)?")
+    model_file = Path(model_file)
+    if not model_file.is_file():
+        raise PredictError(f"Model file {model_file} does not exist.")
+    try:
+        model = keras.saving.load_model(model_file, compile=False)
+    except Exception as exc:
+        raise PredictError(f"{model_file} cannot be loaded as a Keras model: {str(exc).strip()[:300]}") from None
+    metrics_file = model_file.parent / METRICS_FILE
+    outputs = int(model.output_shape[-1])
+    if metrics_file.is_file():
+        class_names = json.loads(metrics_file.read_text())["dataset"]["class_names"]
+    elif outputs == len(STUDY_CLASSES):
+        class_names = list(STUDY_CLASSES)  # the data set's folders, in the order the loader sorts them
+    else:
+        class_names = [f"class_{i}" for i in range(outputs)]
+    return TrainedModel(model, class_names, int(model.input_shape[1]), str(run or model_file))
+
+
+def image_files(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
+    """The image files named or inside the named folders (recursively, sorted); and the inputs that are neither."""
+    found, problems = [], []
+    for item in inputs:
+        path = Path(item).expanduser()
+        if path.is_dir():
+            inside = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                            and not any(part.startswith(".") for part in p.relative_to(path).parts))
+            if not inside:
+                problems.append((item, f"folder holds no {'/'.join(IMAGE_SUFFIXES)} file"))
+            found += inside
+        elif path.is_file():
+            found.append(path)
+        else:
+            problems.append((item, "does not exist"))
+    return found, problems
+
+
+def decode(paths: list[Path], image_size: int):
+    """(uint8 pixels of the readable files, their paths, [(path, why)] of the others), decoded as in training."""
+    import numpy as np
+    import tensorflow as tf
+
+    from ..data.pipeline import load_image
+
+    pixels, readable, failed = [], [], []
+    for path in paths:
+        try:
+            pixels.append(load_image(tf.constant(str(path)), image_size).numpy())
+            readable.append(path)
+        except (tf.errors.OpError, ValueError) as exc:
+            failed.append((str(path), f"cannot be decoded as an image ({str(exc).strip().splitlines()[0][:200]})"))
+    batch = np.stack(pixels) if pixels else np.zeros((0, image_size, image_size, 3), np.uint8)
+    return batch, readable, failed
+
+
+def class_probabilities(trained: TrainedModel, pixels, batch_size: int = 32):
+    """Class probabilities (float64, rows summing to 1) for a batch of uint8 images."""
+    import numpy as np
+
+    if not len(pixels):
+        return np.zeros((0, len(trained.class_names)))
+    probabilities = np.asarray(trained.model.predict(pixels, batch_size=batch_size, verbose=0), dtype=np.float64)
+    return probabilities / probabilities.sum(axis=1, keepdims=True)
+
+
+def prediction_table(paths: list[Path], probabilities, class_names: list[str]):
+    import pandas as pd
+
+    table = pd.DataFrame({"path": [str(p) for p in paths],
+                          "predicted": [class_names[i] for i in probabilities.argmax(axis=1)] if len(paths) else []})
+    for i, name in enumerate(class_names):
+        table[f"p_{name}"] = probabilities[:, i] if len(paths) else []
+    return table
+
+
+def write_gradcam(trained: TrainedModel, pixels, paths: list[Path], table, folder: Path) -> list[Path]:
+    """One heatmap overlay per image, ``<folder>/<name>.gradcam.png``."""
+    from ..common.files import save_figure
+    from ..model.gradcam import GradCam, overlay_panel, upsample
+
+    gradcam = GradCam(trained.model)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for start in range(0, len(pixels), 32):
+        cams = upsample(gradcam.cams(pixels[start:start + 32])[0], trained.image_size)
+        for offset, cam in enumerate(cams):
+            row = table.iloc[start + offset]
+            title = f"{row['predicted']} ({row[f'p_{row.predicted}']:.2f})"
+            figure = overlay_panel(pixels[start + offset:start + offset + 1], [cam], [title], [None], 1,
+                                   f"{paths[start + offset].name}: Grad-CAM ({gradcam.layer})")
+            name = f"{paths[start + offset].stem}.gradcam.png"
+            written.append(save_figure(figure, folder / name))
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m covid_mobilenet.predict", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files, or folders searched for .png/.jpg/.jpeg")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--run", type=Path, help="a finished run's folder, results/<experiment>/seed-<seed> (default: the best real run)")
+    source.add_argument("--model", type=Path, help="a .keras model file (class names from the metrics.json beside it)")
+    parser.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS, help="where to look for the best run (default: %(default)s)")
+    parser.add_argument("--csv", type=Path, help="also write the rows to this CSV file")
+    parser.add_argument("--gradcam", type=Path, metavar="FOLDER", help="write a Grad-CAM overlay per image into FOLDER")
+    parser.add_argument("--batch-size", type=int, default=32)
+    args = parser.parse_args(argv)
+
+    try:
+        run = args.run
+        if run is None and args.model is None:
+            run = best_run(args.results_dir)
+            print(f"Using the best finished run on the real data: {run}", file=sys.stderr)
+        trained = load_trained(run, args.model)
+    except (PredictError, RunNotFound) as exc:
+        print(f"predict: {exc}", file=sys.stderr)
+        return 2
+    files, failed = image_files(args.inputs)
+    pixels, readable, undecodable = decode(files, trained.image_size)
+    failed += undecodable
+    table = prediction_table(readable, class_probabilities(trained, pixels, args.batch_size), trained.class_names)
+    import pandas as pd
+
+    with pd.option_context("display.max_rows", None, "display.width", 200, "display.max_colwidth", 80):
+        print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}") if len(table) else "no image could be read")
+    if args.csv:
+        from ..common.files import write_csv
+
+        write_csv(args.csv, table)
+        print(f"wrote {args.csv}", file=sys.stderr)
+    if args.gradcam and len(table):
+        written = write_gradcam(trained, pixels, readable, table, args.gradcam)
+        print(f"wrote {len(written)} Grad-CAM overlays to {args.gradcam}", file=sys.stderr)
+    for path, why in failed:
+        print(f"skipped {path}: {why}", file=sys.stderr)
+    print(f"{len(table)} image(s) predicted with {trained.source}; {len(failed)} failed", file=sys.stderr)
+    return 1 if failed else 0
+

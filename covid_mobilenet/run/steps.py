@@ -1,0 +1,190 @@
+"""The steps of the experiment notebook, one call per cell, and ``run_experiment``: all of them in order.
+
+The notebook calls these functions one by one, so that it reads as a short sequence of calls; the
+benchmark and the tests call ``run_experiment``, which makes the same calls in the same order (a test
+compares the two). A run's files, under ``<results_dir>/<experiment>/seed-<seed>/``, are those of
+``common/run_layout.py``: ``metrics.json`` (written last, atomically: its presence means the run finished),
+``predictions.csv``, ``model.keras``, ``shortcuts.csv``, ``gradcam.png``, ``history.csv``,
+``confusion_matrix.png`` and ``tensorboard/``; the training curves go to ``<graph_dir>/<n>-seed-<seed>.png``,
+and the split table to ``<results_dir>/split-<hash>.csv``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import keras
+import pandas as pd
+
+from ..common.files import ensure_writable
+from ..common.paths import resolve_path
+from ..common.run_layout import TENSORBOARD_FOLDER, backup_dir, run_dir, split_file_name
+from ..data.locate import locate_dataset
+from ..data.masks import restrict_to_masked
+from ..data.pipeline import SplitPipelines, split_pipelines
+from ..data.scan import ImageIndex, scan_dataset
+from ..data.split import Split, split_images
+from ..model import training
+from ..model.features import FeatureCache, cached_features
+from ..model.inference import predicted_probabilities
+from ..model.runtime import Runtime, configure
+from ..model.weights import ensure_weights_available
+from . import outputs, record
+from .models import head_on_backbone, trainable_model
+from .params import check_parameters
+from .shortcut_checks import ShortcutAnalysis, analyse
+
+
+@dataclass
+class PreparedData:
+    root: Path
+    index: ImageIndex
+    split: Split
+    split_file: Path
+    pipelines: SplitPipelines
+    features: FeatureCache | None = None  # fast mode: the backbone's cached features the pipelines serve
+    masks: dict | None = None  # input_region other than full: the mask check, and the images left out
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.index.class_names
+
+
+def check(namespace: Mapping[str, Any]) -> dict[str, Any]:
+    """Every parameter checked, the weights available and the output folders writable, before any data is read."""
+    params = check_parameters(namespace)
+    ensure_weights_available(params["weights"], params["image_size"])
+    for folder in (params["results_dir"], params["graph_dir"]):
+        ensure_writable(resolve_path(folder))
+    return params
+
+
+def setup(params: dict, devices: list[str] | None = None) -> Runtime:
+    """Seeds, the precision policy and the device(s) to train on (``devices``: default every visible GPU)."""
+    training.set_seeds(params["seed"], params["deterministic"])
+    return configure(params["precision"], devices)
+
+
+def prepare_data(params: dict, runtime: Runtime) -> PreparedData:
+    """Find, validate and split the data set; write the split table; build the tf.data pipelines.
+
+    In fast mode the pipelines serve the frozen backbone's features, computed here when no
+    earlier run of the same data, split, image size and weights has cached them.
+    """
+    root = locate_dataset(None if params["data_dir"] is None else resolve_path(params["data_dir"]))
+    index = scan_dataset(root, strict=params["strict_data"])
+    split = split_images(
+        index.images, val_fraction=params["val_fraction"], test_fraction=params["test_fraction"], seed=params["split_seed"]
+    )
+    region, mask_record = params["input_region"], None
+    if region != "full":  # the images without a usable lung mask cannot be shown as that region: left out, counted
+        split, mask_record = restrict_to_masked(split, index.root)
+    split_file = resolve_path(params["results_dir"]) / split_file_name(split.sha256)
+    if not split_file.exists():
+        split.save(split_file)
+    batch_size = runtime.global_batch(params["batch_size"])
+    if params["fast"]:
+        features = cached_features(
+            index, split, feature_dir=resolve_path(params["feature_dir"]), image_size=params["image_size"],
+            weights=params["weights"], seed=params["seed"], batch_size=batch_size, region=region,
+        )
+        pipelines = features.pipelines(split, index.class_names, batch_size=batch_size, seed=params["seed"])
+        return PreparedData(index.root, index, split, split_file, pipelines, features, mask_record)
+    cache_dir = None if params["cache_dir"] is None else resolve_path(params["cache_dir"])
+    pipelines = split_pipelines(
+        split, index.root, index.class_names, image_size=params["image_size"],
+        batch_size=batch_size, seed=params["seed"], cache_dir=cache_dir, region=region,
+    )
+    return PreparedData(index.root, index, split, split_file, pipelines, masks=mask_record)
+
+
+def build(params: dict, data: PreparedData, runtime: Runtime) -> keras.Model:
+    """The study's model, or in fast mode its head alone, built and compiled on the run's device(s)."""
+    with runtime.strategy.scope():
+        return trainable_model(params, len(data.class_names), None if data.features is None else data.features.feature_shape)
+
+
+def train(model: keras.Model, data: PreparedData, params: dict) -> pd.DataFrame:
+    """Training to ``epochs``, resuming the run's backup when an earlier attempt was interrupted; the history."""
+    folder = run_dir(params)
+    return training.fit(model, data.pipelines, epochs=params["epochs"], backup=backup_dir(folder),
+                        tensorboard=folder / TENSORBOARD_FOLDER, params=params)
+
+
+def split_predictions(model: keras.Model, data: PreparedData) -> dict[str, pd.DataFrame]:
+    """Every image's true class, predicted class and class probabilities, per subset, in split order."""
+    tables = {}
+    for subset in ("train", "val", "test"):
+        labels, probabilities = predicted_probabilities(model, data.pipelines.batches(subset))
+        rows = data.split.subset(subset)
+        table = pd.DataFrame({"path": rows["path"].to_numpy(), "split": subset,
+                              "true": [data.class_names[i] for i in labels],
+                              "predicted": [data.class_names[i] for i in probabilities.argmax(axis=1)]})
+        for i, name in enumerate(data.class_names):
+            table[f"p_{name}"] = probabilities[:, i]
+        if (table["true"].to_numpy() != rows["label"].to_numpy()).any():
+            raise RuntimeError(f"the {subset} predictions are not in the split table's order")
+        tables[subset] = table
+    return tables
+
+
+def full_model(model: keras.Model, data: PreparedData, params: dict) -> keras.Model:
+    """The whole model, pixels in: ``model`` itself, or in fast mode its trained head on the frozen backbone
+    it was trained on (what Grad-CAM and the region tests need)."""
+    return model if data.features is None else head_on_backbone(model, params, len(data.class_names))
+
+
+def look_for_shortcuts(whole: keras.Model, data: PreparedData, predictions: dict[str, pd.DataFrame], params: dict,
+                       runtime: Runtime) -> ShortcutAnalysis:
+    """Grad-CAM inside the lungs, the test images with the lungs removed and alone, accuracy per source
+    (``whole``: the model that takes pixels, ``full_model``)."""
+    return analyse(
+        whole, data.root, predictions["test"], data.class_names,
+        image_size=params["image_size"], input_region=params["input_region"],
+        batch_size=runtime.global_batch(params["batch_size"]), title=f"{params['experiment']} (seed {params['seed']})",
+    )
+
+
+def evaluate(model: keras.Model, data: PreparedData, predictions: dict[str, pd.DataFrame], params: dict,
+             history: pd.DataFrame, runtime: Runtime, analysis: ShortcutAnalysis) -> dict:
+    """The full metrics record of a finished run (``run/record.py``)."""
+    return record.metrics_record(model, data, predictions, params, history, runtime, analysis.metrics)
+
+
+def save_outputs(metrics: dict, predictions: dict[str, pd.DataFrame], history: pd.DataFrame, params: dict,
+                 analysis: ShortcutAnalysis, whole: keras.Model, data: PreparedData) -> dict[str, Path]:
+    """Write the run's files, metrics.json last; then drop the training backup (``run/outputs.py``)."""
+    return outputs.write_run_files(metrics, predictions, history, params, analysis.table, analysis.panel, whole)
+
+
+
+@dataclass
+class Experiment:
+    """Everything one run made, as the notebook's variables after its last cell."""
+
+    params: dict
+    runtime: Runtime
+    data: PreparedData
+    model: keras.Model
+    history: pd.DataFrame
+    predictions: dict[str, pd.DataFrame]
+    whole: keras.Model
+    analysis: ShortcutAnalysis
+    metrics: dict
+    paths: dict[str, Path]
+
+
+def run_experiment(namespace: Mapping[str, Any], *, devices: list[str] | None = None) -> Experiment:
+    """One run from its parameters: the notebook's steps, in the notebook's order (``devices`` as for ``setup``)."""
+    params = check(namespace)
+    runtime = setup(params, devices)
+    data = prepare_data(params, runtime)
+    model = build(params, data, runtime)
+    history = train(model, data, params)
+    predictions = split_predictions(model, data)
+    whole = full_model(model, data, params)
+    analysis = look_for_shortcuts(whole, data, predictions, params, runtime)
+    metrics = evaluate(model, data, predictions, params, history, runtime, analysis)
+    paths = save_outputs(metrics, predictions, history, params, analysis, whole, data)
+    return Experiment(params, runtime, data, model, history, predictions, whole, analysis, metrics, paths)

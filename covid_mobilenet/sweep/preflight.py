@@ -1,0 +1,104 @@
+"""Before a sweep trains anything: the demo's data and backbone made, everything that could fail halfway
+checked (the data and its split, the weights, writable folders), and which runs are already done.
+
+A finished run (its metrics.json made with the same parameters) is skipped; an interrupted one
+resumes from its backup; an outdated result is set aside, never deleted.
+"""
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+from ..analysis.results import read_result
+from ..common.files import StorageError, ensure_writable
+from ..common.paths import resolve_path
+from ..common.run_layout import BACKUP_FOLDER, METRICS_FILE, PREVIOUS_METRICS_FILE, remove_backup
+from ..data.demo import DEFAULT_DEMO_DIR, demo_dataset_complete, generate_demo_dataset, is_demo_dataset
+from ..data.layout import DatasetError
+from ..data.locate import locate_dataset
+from ..data.scan import scan_dataset
+from ..data.split import split_images
+from ..model import demo_backbone
+from ..model.weights import ensure_weights_available
+from .plan import Job, Mode
+
+
+class SweepError(RuntimeError):
+    """Something checked before any training is wrong; the message says what to do."""
+
+
+def prepare_demo_data(mode: Mode, config: dict, jobs: list[Job], say: Callable[[str], None] = print) -> None:
+    """Generate the demo set when it is absent (or was left half-written), and pretrain the demo
+    backbone for every image size the jobs load it at, when it is not cached yet."""
+    root = resolve_path(mode.data_dir)
+    demo_config = config.get("demo", {})
+    images = demo_config.get("images")
+    expected = images if root == DEFAULT_DEMO_DIR else None  # a set the user pointed at is used as it is
+    if not demo_dataset_complete(root, expected):
+        say(f"Generating the demo data set ({images} images) in {root}")
+        generate_demo_dataset(root, images=images, seed=demo_config.get("seed", 0))
+    if mode.backbone is None:
+        return
+    for image_size in sorted({job.params["image_size"] for job in jobs}):
+        if str(demo_backbone.weights_path(mode.backbone, image_size)) in {job.params["weights"] for job in jobs}:
+            try:
+                demo_backbone.ensure_backbone(mode.backbone, image_size, say=say)
+            except demo_backbone.BackboneError as exc:
+                raise SweepError(str(exc)) from None
+
+
+def preflight(jobs: list[Job], mode: Mode, say: Callable[[str], None] = print) -> None:
+    """What would otherwise fail in the middle of a long sweep: data and its split, weights, writable folders."""
+    indexes, splits_checked = {}, set()
+    for job in jobs:
+        params = job.params
+        data_dir = params["data_dir"]
+        split_key = (data_dir, params["strict_data"], params["val_fraction"], params["test_fraction"], params["split_seed"])
+        if split_key in splits_checked:  # the seeds of a configuration, and most configurations, share one split
+            continue
+        try:
+            if (data_dir, params["strict_data"]) not in indexes:
+                root = locate_dataset(None if data_dir is None else resolve_path(data_dir))
+                if not mode.demo and is_demo_dataset(root):
+                    raise SweepError(f"{root} is the synthetic demo set; run `python run_all.py --demo` for it, so demo numbers never pass for real ones.")
+                say(f"Checking every image under {root}")
+                indexes[data_dir, params["strict_data"]] = scan_dataset(root, strict=params["strict_data"])
+            index = indexes[data_dir, params["strict_data"]]
+            split_images(index.images, val_fraction=params["val_fraction"], test_fraction=params["test_fraction"], seed=params["split_seed"])
+            splits_checked.add(split_key)
+        except DatasetError as exc:
+            raise SweepError(f"Experiment {job.name}: {exc}") from None
+    for weights, image_size in sorted({(str(job.params["weights"]), job.params["image_size"]) for job in jobs}):
+        ensure_weights_available(None if weights == "None" else weights, image_size)
+    for folder in sorted({resolve_path(job.params[key]) for job in jobs for key in ("results_dir", "graph_dir")}):
+        try:
+            ensure_writable(folder)
+        except StorageError as exc:
+            raise SweepError(exc.strerror) from None
+
+
+def previous_run(job: Job) -> tuple[bool, str]:
+    """(True, why) when the job's metrics.json exists and was made with the same parameters."""
+    metrics_file = job.run_dir / METRICS_FILE
+    if not metrics_file.exists():
+        if (job.run_dir / BACKUP_FOLDER).exists():
+            return False, "interrupted earlier; resuming from its backup"
+        return False, "not run yet"
+    result = read_result(job.run_dir)
+    if result.status != "done":
+        return False, f"{result.problem}; running it again"
+    before = result.metrics.get("params", {})
+    changed = sorted(k for k in set(before) | set(job.params) if before.get(k) != job.params.get(k))
+    if changed:
+        detail = ", ".join(f"{k} {before.get(k)!r} -> {job.params.get(k)!r}" for k in changed)
+        return False, f"parameters changed ({detail}); running it again"
+    return True, "finished earlier with the same parameters"
+
+
+def set_aside_previous_results(job: Job, force: bool) -> None:
+    """Keep an outdated metrics.json as metrics.previous.json, so a failed rerun never looks finished."""
+    metrics_file = job.run_dir / METRICS_FILE
+    if metrics_file.exists():
+        os.replace(metrics_file, job.run_dir / PREVIOUS_METRICS_FILE)
+    if force:
+        remove_backup(job.run_dir)
