@@ -84,10 +84,17 @@ def slurm_folder(results_dir: Path) -> Path:
     return results_dir / SLURM_FOLDER
 
 
-def _executor(results_dir: Path, options: SlurmOptions, mode_name: str):
+def _executor(results_dir: Path, options: SlurmOptions, mode_name: str, *, dry_run: bool = False):
     import submitit
 
-    executor = submitit.SlurmExecutor(folder=slurm_folder(results_dir) / "%j", max_num_timeout=3)
+    executor_class = submitit.SlurmExecutor
+    if dry_run:  # submitit refuses to start where srun is missing; the script it would write needs no Slurm
+        class executor_class(submitit.SlurmExecutor):  # noqa: N801
+            @classmethod
+            def affinity(cls) -> int:
+                return 1
+
+    executor = executor_class(folder=slurm_folder(results_dir) / "%j", max_num_timeout=3)
     executor.update_parameters(
         job_name=f"covid-mobilenet-{mode_name}",  # covid-mobilenet-real or -demo in squeue
         time=options.time_min,
@@ -107,7 +114,7 @@ def _executor(results_dir: Path, options: SlurmOptions, mode_name: str):
 
 def batch_script(jobs: list[Job], results_dir: Path, options: SlurmOptions, mode_name: str) -> str:
     """The sbatch script that ``submit`` hands to Slurm for these jobs, word for word (submitit writes it)."""
-    executor = _executor(results_dir, options, mode_name)
+    executor = _executor(results_dir, options, mode_name, dry_run=True)
     if len(jobs) > 1:  # what submitit's map_array does for an array
         executor.parameters["map_count"] = len(jobs)
     return executor._make_submission_file_text(executor._submitit_command_str, "dry-run")
