@@ -189,8 +189,10 @@ def main(argv: list[str] | None = None) -> int:
             jobs = plan.plan(config, plan.select(config, args.only), mode, cli_overrides(args), seeds)
         if not (args.dry_run or args.summary_only):
             if mode.demo:
-                preflight.prepare_demo_data(mode, config, jobs)
+                preflight.prepare_demo_data(mode, config)
             preflight.preflight(jobs, mode)
+            if mode.demo:
+                preflight.prepare_demo_backbone(mode, jobs)
     except (ParameterError, ConfigError, DatasetError, WeightsError, preflight.SweepError) as exc:
         print(f"run_all.py: {exc}", file=sys.stderr)
         return 2

@@ -180,7 +180,7 @@ def _plan_one(config: dict, name: str, seed: int, defaults: dict, mode: Mode, cl
     }
     if mode.data_dir is not None and "data_dir" not in cli_overrides:
         params["data_dir"] = mode.data_dir
-    # The demo's pretrained backbone is made after this check (prepare_demo_data), so its file
+    # The demo's pretrained backbone is made after this check (prepare_demo_backbone), so its file
     # may not exist yet: the check sees no weights, the run gets the file's path.
     pending_backbone = mode.backbone is not None and "weights" not in cli_overrides
     if pending_backbone:

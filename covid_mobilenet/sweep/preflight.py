@@ -27,9 +27,8 @@ class SweepError(RuntimeError):
     """Something checked before any training is wrong; the message says what to do."""
 
 
-def prepare_demo_data(mode: Mode, config: dict, jobs: list[Job], say: Callable[[str], None] = print) -> None:
-    """Generate the demo set when it is absent (or was left half-written), and pretrain the demo
-    backbone for every image size the jobs load it at, when it is not cached yet."""
+def prepare_demo_data(mode: Mode, config: dict, say: Callable[[str], None] = print) -> None:
+    """Generate the demo set when it is absent (or was left half-written)."""
     root = resolve_path(mode.data_dir)
     demo_config = config.get("demo", {})
     images = demo_config.get("images")
@@ -37,6 +36,11 @@ def prepare_demo_data(mode: Mode, config: dict, jobs: list[Job], say: Callable[[
     if not demo_dataset_complete(root, expected):
         say(f"Generating the demo data set ({images} images) in {root}")
         generate_demo_dataset(root, images=images, seed=demo_config.get("seed", 0))
+
+
+def prepare_demo_backbone(mode: Mode, jobs: list[Job], say: Callable[[str], None] = print) -> None:
+    """Pretrain the demo backbone for every image size the jobs load it at, when it is not cached yet. After the
+    preflight: a minute of pretraining is not spent on a sweep that its data or folders would stop."""
     if mode.backbone is None:
         return
     for image_size in sorted({job.params["image_size"] for job in jobs}):
