@@ -2,16 +2,21 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import io
 import json
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from contextlib import redirect_stderr, redirect_stdout
 from functools import cache
 from pathlib import Path
 
 import pytest
+# submitit's import runs logging.config.dictConfig, which closes every logging handler there is, pytest's capture
+# of the running test included: imported once here, before any test, run_all.main can run in-process.
+import submitit  # noqa: F401
 
 from covid_mobilenet.data.demo import generate_demo_dataset
 
@@ -87,6 +92,22 @@ def run_all(*args, timeout=600, **kwargs) -> subprocess.CompletedProcess:
     )
 
 
+def run_all_here(*args) -> subprocess.CompletedProcess:
+    """run_all.main(argv) in this process, for what trains nothing (refusals, dry runs): no interpreter to start.
+    A --demo sweep without its own --config gets tiny_backbone_config(), as with run_all()."""
+    import run_all as driver
+
+    if "--demo" in args and "--config" not in args:
+        args = (*args, "--config", str(tiny_backbone_config()))
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        try:
+            code = driver.main(list(args))
+        except SystemExit as exit_:  # argparse's refusals
+            code = exit_.code
+    return subprocess.CompletedProcess(["run_all.py", *args], code, out.getvalue(), err.getvalue())
+
+
 def folders(tmp: Path, data: Path) -> list[str]:
     return ["--results-dir", str(tmp / "results"), "--graph-dir", str(tmp / "Graph"), "--data-dir", str(data)]
 
@@ -110,19 +131,119 @@ def demo_sweep(tiny_root, tmp_path_factory):
     return tmp, first, time.perf_counter() - started, readme_before
 
 
+def kernel_site(folder: Path, files: dict[str, str]) -> dict[str, str]:
+    """Python files (``{relative path: source}``) in ``folder``, put first on the PYTHONPATH of the processes this
+    test starts (notebook kernels): a ``sitecustomize.py`` runs in every one of them, a package shadows the real one."""
+    for name, source in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(source)
+    return {"PYTHONPATH": os.pathsep.join(filter(None, [str(folder), os.environ.get("PYTHONPATH")]))}
+
+
+# Kaggle credentials planted in the environment of the shared notebook run, which finds its data through the Kaggle
+# path (a stand-in kagglehub that checks them): none may reach any output.
+KAGGLE_SECRETS = {"KAGGLE_USERNAME": "leaky-user-5f2c9a", "KAGGLE_KEY": "0123456789abcdef-fake-key-7d41"}
+FAKE_KAGGLEHUB = """
+import json, os
+
+
+def dataset_download(handle, *args, **kwargs):
+    \"\"\"kagglehub's download, offline: it takes the credentials from the environment, and returns a folder.\"\"\"
+    credentials = [os.environ.get(name) for name in ("KAGGLE_USERNAME", "KAGGLE_KEY")]
+    if not all(credentials):
+        raise RuntimeError("no Kaggle credentials in the environment")
+    with open(os.environ["FAKE_KAGGLEHUB_CALLS"], "a") as calls:
+        calls.write(json.dumps({"handle": handle, "credentials": len(credentials)}) + "\\n")
+    return os.environ["FAKE_KAGGLEHUB_DATASET"]
+"""
+
+
+@pytest.fixture
+def own_sweep(demo_sweep, tmp_path) -> Path:
+    """A private copy of the shared demo sweep's folder, for a test that changes its results: as if the sweep had run
+    there (each metrics.json records the copy's folders), so a rerun skips what is finished. Same layout: results/, Graph/."""
+    source = demo_sweep[0]
+    for folder in ("results", "Graph"):
+        shutil.copytree(source / folder, tmp_path / folder)
+    for metrics_file in (tmp_path / "results").glob("*/seed-*/metrics.json"):
+        metrics = json.loads(metrics_file.read_text())
+        metrics["params"].update(results_dir=str(tmp_path / "results"), graph_dir=str(tmp_path / "Graph"))
+        metrics_file.write_text(json.dumps(metrics, indent=2))
+    return tmp_path
+
+
 @pytest.fixture(scope="session")
 def finished_run(tiny_root, tmp_path_factory):
-    """One notebook run from a weights file (a saved random backbone: any file of the right shapes loads),
+    """One notebook run from a weights file (a saved random backbone: any file of the right shapes loads), whose
+    data comes through the Kaggle path (``data_dir=None``, credentials in the environment, kagglehub standing in),
     shared by the notebook's tests and the product's (predict, export): (folder, parameters)."""
     import papermill
 
     from covid_mobilenet.common.paths import EXPERIMENT_NOTEBOOK
+    from covid_mobilenet.data.layout import DEFAULT_DATA_DIR
     from covid_mobilenet.model.architecture import build_backbone
 
     folder = tmp_path_factory.mktemp("run")
     weights = folder / "random_backbone.weights.h5"
     build_backbone(64, None).save_weights(weights)
-    params = tiny_params(folder, tiny_root, experiment="mn_resultset3", epochs=3, image_size=64, weights=str(weights))
-    papermill.execute_notebook(str(EXPERIMENT_NOTEBOOK), str(folder / "executed.ipynb"), parameters=params,
-                               kernel_name="python3", progress_bar=False)
+    kaggle = not DEFAULT_DATA_DIR.exists()  # a data set in data/ is used before Kaggle is asked
+    params = {**tiny_params(folder, tiny_root, experiment="mn_resultset3", epochs=3, image_size=64, weights=str(weights)),
+              **({"data_dir": None} if kaggle else {})}
+    environment = {**KAGGLE_SECRETS, **kernel_site(folder / "site", {"kagglehub/__init__.py": FAKE_KAGGLEHUB}),
+                   "FAKE_KAGGLEHUB_CALLS": str(folder / "kagglehub-calls.jsonl"), "FAKE_KAGGLEHUB_DATASET": str(tiny_root)}
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in environment.items():
+            patch.setenv(name, value)
+        papermill.execute_notebook(str(EXPERIMENT_NOTEBOOK), str(folder / "executed.ipynb"), parameters=params,
+                                   kernel_name="python3", progress_bar=False)
     return folder, params
+
+
+CLASSES = ["COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"]
+
+
+def write_finished_run(results: Path, name: str, seed: int = 42, *, correct=None, demo: bool = True,
+                       hidden_layers: int = 1, dense_units: int = 8, learning_rate: float = 1e-4) -> Path:
+    """A finished run's folder written by hand, as the notebook leaves it for the analyses: ``metrics.json`` (its
+    test block computed by the project's own metrics from the predictions) and ``predictions.csv``. Test image i
+    is right when ``correct[i]``; for the summary's tests, which need no training."""
+    import numpy as np
+    import pandas as pd
+
+    from covid_mobilenet.analysis.metrics import classification_report, labels_and_probabilities
+    from covid_mobilenet.analysis.uncertainty import single_run_intervals, wilson_interval
+
+    correct = np.asarray(correct if correct is not None else np.arange(40) % 5 != 0)
+    truth = [CLASSES[i % 4] for i in range(len(correct))]
+    guess = [t if ok else CLASSES[(CLASSES.index(t) + 1) % 4] for t, ok in zip(truth, correct)]
+    rows = pd.DataFrame({"path": [f"{t}/images/{t}-{i}.png" for i, t in enumerate(truth)], "split": "test",
+                         "true": truth, "predicted": guess})
+    for name_ in CLASSES:
+        rows[f"p_{name_}"] = [0.7 if g == name_ else 0.1 for g in guess]
+    labels, probabilities = labels_and_probabilities(rows, CLASSES)
+    test = classification_report(labels, probabilities, CLASSES)
+    test["intervals"] = single_run_intervals(labels, probabilities.argmax(axis=1), 4)
+    n, right = len(correct), int(correct.sum())
+    region = {"accuracy": right / n, "correct": right, "images": n, "interval": wilson_interval(right, n), "above_majority_p": 0.5}
+    counts = {split: {c: (n // 4 if split == "test" else 2 * n // 4) for c in CLASSES} for split in ("train", "val", "test")}
+    metrics = {
+        "experiment": name,
+        "params": {"experiment": name, "seed": seed, "split_seed": 42, "hidden_layers": hidden_layers, "dense_units": dense_units,
+                   "learning_rate": learning_rate, "dropout": 0.5, "epochs": 2, "image_size": 32, "input_region": "full"},
+        "dataset": {"root": "/data/COVID-19_Radiography_Dataset", "demo": demo, "class_names": CLASSES, "counts": counts,
+                    "total_images": sum(sum(c.values()) for c in counts.values()), "split_sha256": "ab" * 32,
+                    "split_file": "split-abababababab.csv"},
+        "test": test, "epochs_run": 2, "train_seconds": 12.5, "predictions_file": "predictions.csv",
+        "shortcuts": {"input_region": "full", "test_images": n, "images_with_mask": n,
+                      "regions": {"full": region, "lungs": region, "no_lungs": {**region, "accuracy": 0.3}},
+                      "majority_rate": 0.25, "majority_class": "COVID",
+                      "gradcam": {"layer": "conv_pw_13_relu", "map_size": [7, 7], "energy_in_lungs": 0.6, "lung_area": 0.3, "ratio": 2.0}},
+        "sources": {"by_class_and_source": [{"class": c, "source": f"source-{c}", "images": n // 4, "correct": right // 4,
+                                             "accuracy": right / n} for c in CLASSES], "images": n, "unknown_source": 0, "problems": []},
+        "environment": {"device": "CPU: test", "git_commit": "0" * 40},
+    }
+    folder = results / name / f"seed-{seed}"
+    folder.mkdir(parents=True, exist_ok=True)
+    rows.to_csv(folder / "predictions.csv", index=False)
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    return folder

@@ -2,8 +2,12 @@
 import json
 import math
 
+import pytest
+
 from covid_mobilenet.bench import cli, sweeps
 from covid_mobilenet.common.config import load_config
+
+pytestmark = pytest.mark.slow  # every test here trains
 
 
 def test_the_benchmark_measures_and_writes_every_figure(tmp_path, monkeypatch, capsys):
@@ -11,11 +15,12 @@ def test_the_benchmark_measures_and_writes_every_figure(tmp_path, monkeypatch, c
     config = load_config()
     one = {"mn_resultset4": config["experiments"]["mn_resultset4"]}
     monkeypatch.setattr(sweeps, "load_config", lambda: {**config, "experiments": one})  # one configuration, not seven
-    runs, real_run_experiment = [], sweeps.run_experiment
+    runs, trained, real_run_experiment = [], {}, sweeps.run_experiment
 
     def recorded(params, **kwargs):
         run = real_run_experiment(params, **kwargs)
         runs.append((run.params["fast"], run.params["epochs"], run.params["train_base"], run.metrics["epochs_run"]))
+        trained[run.params["fast"]] = run
         return run
 
     monkeypatch.setattr(sweeps, "run_experiment", recorded)
@@ -35,6 +40,11 @@ def test_the_benchmark_measures_and_writes_every_figure(tmp_path, monkeypatch, c
     # the notebook's steps ran to the end, end to end and then through the cache, each one epoch
     assert runs == [(False, 1, False, 1), (True, 1, False, 1)]
     assert bench["fast_sweep_speedup"] == bench["fast_sweep"]["end_to_end_seconds"] / bench["fast_sweep"]["cached_seconds"]
+    # each side's time holds its run's training, and the cached side computed the backbone's features itself
+    assert bench["fast_sweep"]["end_to_end_seconds"] > trained[False].metrics["train_seconds"] > 0
+    assert bench["fast_sweep"]["cached_seconds"] > trained[True].metrics["train_seconds"] > 0
+    assert trained[True].data.features.computed_here and trained[False].data.features is None
+    assert (trained[True].paths["metrics"]).parent.name == "seed-42", "the run's files were written, as a notebook's are"
     assert bench["precision"]["float32"]["images_per_second"] > 0
     assert {"cpu", "cpu_count", "gpus", "tensorflow"} <= set(bench["machine"])
     assert bench["quantization"]["skipped"].startswith("no finished run") and "int8_latency_ratio" not in bench

@@ -33,32 +33,48 @@ def counting(monkeypatch):
     return run
 
 
-def test_the_backbone_is_pretrained_once_then_reused_and_loads_into_mobilenet(tmp_path, counting):
-    said = []
-    first = demo_backbone.ensure_backbone(RECIPE, 32, tmp_path, say=said.append)
-    assert len(counting.commands) == 1 and any("Pretraining the demo backbone" in line for line in said)
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    """One backbone pretrained for this module: (cache folder, the pretraining's messages, the commands run)."""
+    cache, said, counted = tmp_path_factory.mktemp("backbone"), [], CountingRun()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(demo_backbone.subprocess, "run", counted)
+        demo_backbone.ensure_backbone(RECIPE, 32, cache, say=said.append)
+    return cache, said, counted.commands
+
+
+@pytest.mark.slow
+def test_the_backbone_is_pretrained_once_then_reused_and_loads_into_mobilenet(pretrained, tmp_path, counting):
+    """Trains: pretraining is what it checks (the module's one pretraining)."""
+    cache, said, commands = pretrained
+    first = demo_backbone.weights_path(RECIPE, 32, cache)
+    assert len(commands) == 1 and any("Pretraining the demo backbone" in line for line in said)
     manifest = json.loads(demo_backbone.manifest_path(first).read_text())
     assert manifest["image_size"] == 32 and "not ImageNet" in manifest["what"]
     assert 0 <= manifest["held_out_binary_accuracy"] <= 1 and manifest["seconds"] > 0
     stamp = first.stat().st_mtime_ns
     said.clear()
-    again = demo_backbone.ensure_backbone(RECIPE, 32, tmp_path, say=said.append)
+    again = demo_backbone.ensure_backbone(RECIPE, 32, cache, say=said.append)
     assert again == first and first.stat().st_mtime_ns == stamp
-    assert len(counting.commands) == 1 and said == []
+    assert counting.commands == [] and said == []
     # the notebook loads it through the ordinary weights=<file> path
     loaded = build_backbone(32, str(first))
     assert loaded.get_layer("conv1").get_weights()[0].std() > 0
 
 
-def test_a_damaged_cached_file_is_rebuilt_with_a_message(tmp_path, counting):
-    weights = demo_backbone.ensure_backbone(RECIPE, 32, tmp_path, say=lambda line: None)
+@pytest.mark.slow
+def test_a_damaged_cached_file_is_rebuilt_with_a_message(pretrained, tmp_path, counting):
+    """Trains: the rebuild is a second pretraining, of a copy of the module's backbone damaged on purpose."""
+    shutil.copytree(pretrained[0], tmp_path, dirs_exist_ok=True)
+    weights = demo_backbone.weights_path(RECIPE, 32, tmp_path)
+    assert demo_backbone.is_complete(weights)
     with open(weights, "r+b") as handle:
         handle.seek(weights.stat().st_size // 2)
         handle.write(b"\0" * 64)
     said = []
     rebuilt = demo_backbone.ensure_backbone(RECIPE, 32, tmp_path, say=said.append)
     assert rebuilt == weights and demo_backbone.is_complete(weights)
-    assert len(counting.commands) == 2
+    assert len(counting.commands) == 1
     assert any("damaged or incomplete" in line and str(weights) in line for line in said)
     build_backbone(32, str(weights))  # loads again
 

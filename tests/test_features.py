@@ -54,7 +54,9 @@ def train_as_the_notebook_does(params):
     return run.data, run.model, run.history, labels, probabilities
 
 
+@pytest.mark.slow
 def test_the_head_trained_on_cached_features_equals_end_to_end_frozen_training(tmp_path, tiny_root, backbone_file):
+    """Trains twice: the equality of two trainings, end to end and on cached features, is the claim."""
     _, full, full_history, full_labels, full_probabilities = train_as_the_notebook_does(
         frozen_params(tmp_path, tiny_root, experiment="end_to_end", fast=False, weights=str(backbone_file)))
     data, head, fast_history, fast_labels, fast_probabilities = train_as_the_notebook_does(
@@ -74,7 +76,9 @@ def test_the_head_trained_on_cached_features_equals_end_to_end_frozen_training(t
     assert full_history["loss"].iloc[-1] < full_history["loss"].iloc[0]
 
 
+@pytest.mark.slow
 def test_the_backbone_runs_once_per_split_whatever_the_number_of_configurations(tmp_path, tiny_root, monkeypatch):
+    """Runs the backbone: counting its passes over the data is the claim."""
     computed = []
     original = features.compute_features
 
@@ -99,7 +103,9 @@ def test_the_backbone_runs_once_per_split_whatever_the_number_of_configurations(
     assert len(computed) == 2, "another image size is another cache entry"
 
 
+@pytest.mark.slow
 def test_an_entry_cut_short_is_recomputed(tmp_path, tiny_root):
+    """Runs the backbone: a cache entry is only made by computing features."""
     params = frozen_params(tmp_path, tiny_root, fast=True, epochs=1)
     folder = steps.prepare_data(params, steps.setup(params)).features.folder
     (folder / features.MANIFEST).unlink()  # as if killed before the manifest was written

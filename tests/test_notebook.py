@@ -2,7 +2,6 @@
 import json
 import re
 import shutil
-import socket
 import sys
 import types
 import time
@@ -21,7 +20,7 @@ from covid_mobilenet.data.masks import mask_file
 from covid_mobilenet.data.scan import scan_dataset
 from covid_mobilenet.data.split import split_hash, split_images
 from covid_mobilenet.model.weights import KERAS_WEIGHTS_URL
-from tests.conftest import PROJECT, tiny_params
+from tests.conftest import KAGGLE_SECRETS, PROJECT, kernel_site, tiny_params
 
 
 def run_notebook(output: Path, **parameters) -> nbformat.NotebookNode:
@@ -29,7 +28,9 @@ def run_notebook(output: Path, **parameters) -> nbformat.NotebookNode:
     return nbformat.read(output, as_version=4)
 
 
+@pytest.mark.slow
 def test_a_run_writes_every_output(finished_run):
+    """Starts a kernel (the shared finished run): the files the notebook itself writes."""
     folder, params = finished_run
     run = folder / "results" / "mn_resultset3" / "seed-42"
     assert (run / "metrics.json").is_file()
@@ -80,7 +81,27 @@ def test_a_run_writes_every_output(finished_run):
     assert sum(counted.values()) == len(test) and metrics["sources"]["unknown_source"] == 0
 
 
+@pytest.mark.slow
+def test_data_found_through_kaggle_leaks_no_credential(finished_run, tiny_root):
+    """The shared run found its data through kagglehub (data_dir=None), credentials in its kernel's environment:
+    kagglehub was called with them, and no file the run wrote holds them, the executed notebook included."""
+    folder, params = finished_run
+    if params["data_dir"] is not None:
+        pytest.skip("a data set in data/COVID-19_Radiography_Dataset is used before Kaggle; the download path cannot run")
+    calls = [json.loads(line) for line in (folder / "kagglehub-calls.jsonl").read_text().splitlines()]
+    assert calls == [{"handle": "tawsifurrahman/covid19-radiography-database", "credentials": 2}]
+    metrics = json.loads((folder / "results" / "mn_resultset3" / "seed-42" / "metrics.json").read_text())
+    assert metrics["dataset"]["root"] == str(tiny_root) and metrics["params"]["data_dir"] is None
+    written = [path for path in folder.rglob("*") if path.is_file()]
+    assert {"executed.ipynb", "metrics.json", "predictions.csv", "model.keras"} <= {path.name for path in written}
+    for path in written:
+        for value in KAGGLE_SECRETS.values():
+            assert value.encode() not in path.read_bytes(), f"{value} leaked into {path}"
+
+
+@pytest.mark.slow
 def test_metrics_are_complete_and_consistent(finished_run, tiny_root):
+    """Starts a kernel (the shared finished run): the record the notebook itself writes."""
     folder, params = finished_run
     metrics = json.loads((folder / "results" / "mn_resultset3" / "seed-42" / "metrics.json").read_text())
     for key in ("experiment", "params", "dataset", "train", "val", "test", "train_seconds", "seconds_per_epoch",
@@ -119,7 +140,9 @@ def test_metrics_are_complete_and_consistent(finished_run, tiny_root):
     assert {"python", "tensorflow", "keras", "device", "git_commit"} <= set(metrics["environment"])
 
 
+@pytest.mark.slow
 def test_the_split_is_the_same_in_another_process(finished_run, tiny_root):
+    """Starts a kernel (the shared finished run): its split against one made in this process."""
     folder, params = finished_run
     metrics = json.loads((folder / "results" / "mn_resultset3" / "seed-42" / "metrics.json").read_text())
     here = split_images(scan_dataset(tiny_root).images, val_fraction=params.get("val_fraction", 0.16),
@@ -142,7 +165,9 @@ def broken_masks(tiny_root, tmp_path_factory):
     return root, without, resized
 
 
+@pytest.mark.slow
 def test_an_image_without_a_mask_or_with_another_size_is_counted_not_a_failure(broken_masks, tmp_path):
+    """Trains in a kernel: broken masks must not fail a whole notebook run."""
     root, without, resized = broken_masks
     run_notebook(tmp_path / "executed.ipynb", **tiny_params(tmp_path, root, epochs=1))
     run = tmp_path / "results" / "mn_resultset1" / "seed-42"
@@ -158,7 +183,9 @@ def test_an_image_without_a_mask_or_with_another_size_is_counted_not_a_failure(b
     assert metrics["sources"]["unknown_source"] == sum(checks["source"].str.startswith("unknown"))
 
 
+@pytest.mark.slow
 def test_training_on_the_lungs_alone_leaves_out_images_without_a_mask(broken_masks, tmp_path):
+    """Trains in a kernel: a region run of the notebook, on masks that are partly broken."""
     root, without, resized = broken_masks
     run_notebook(tmp_path / "executed.ipynb", **tiny_params(tmp_path, root, input_region="lungs", epochs=1))
     metrics = json.loads((tmp_path / "results" / "mn_resultset1" / "seed-42" / "metrics.json").read_text())
@@ -178,7 +205,9 @@ def test_training_on_the_lungs_alone_leaves_out_images_without_a_mask(broken_mas
         ({"lerning_rate": 0.1}, "ParameterError", "did you mean 'learning_rate'"),
     ],
 )
+@pytest.mark.slow
 def test_bad_parameters_stop_before_any_data_is_read(tmp_path, bad, error, fragment):
+    """Starts a kernel: papermill's parameters reach the notebook's first cells, which stop."""
     params = {**tiny_params(tmp_path, tmp_path / "never-read"), **bad}
     with pytest.raises(papermill.PapermillExecutionError) as failure:
         run_notebook(tmp_path / "executed.ipynb", **params)
@@ -188,13 +217,14 @@ def test_bad_parameters_stop_before_any_data_is_read(tmp_path, bad, error, fragm
     assert not (tmp_path / "results").exists()
 
 
+@pytest.mark.slow
 def test_imagenet_weights_without_network_stop_in_the_first_cells(tmp_path, monkeypatch, tiny_root):
-    host = KERAS_WEIGHTS_URL.split("/")[2]
-    try:
-        socket.create_connection((host, 443), timeout=3).close()
-        pytest.skip(f"{host} is reachable here: the offline path cannot be exercised")
-    except OSError:
-        pass
+    """The kernel is offline whatever this machine's network: a sitecustomize refuses every connection in it."""
+    offline = kernel_site(tmp_path / "site", {"sitecustomize.py": (
+        "import errno, socket\n\n\ndef refused(address, *args, **kwargs):\n"
+        "    raise OSError(errno.ENETUNREACH, f'Network is unreachable (test): {address}')\n\n\n"
+        "socket.create_connection = refused\n")})
+    monkeypatch.setenv("PYTHONPATH", offline["PYTHONPATH"])
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "empty-keras-home"))
     params = tiny_params(tmp_path, tiny_root, weights="imagenet")
     started = time.perf_counter()
@@ -203,6 +233,7 @@ def test_imagenet_weights_without_network_stop_in_the_first_cells(tmp_path, monk
     elapsed = time.perf_counter() - started
     assert failure.value.ename == "WeightsError"
     assert "mobilenet_1_0_224_tf_no_top.h5" in failure.value.evalue and "weights=None" in failure.value.evalue
+    assert "Network is unreachable (test)" in failure.value.evalue and KERAS_WEIGHTS_URL.split("/")[2] in failure.value.evalue
     assert "steps.check(globals())" in failure.value.source
     assert elapsed < 30, elapsed
 

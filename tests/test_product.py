@@ -12,7 +12,6 @@ from PIL import Image
 from covid_mobilenet.analysis.results import best_run
 from covid_mobilenet.bench.quantization import measure_quantization
 from covid_mobilenet.common.files import file_sha256
-from covid_mobilenet.common.readme import replace_readme_section
 from covid_mobilenet.product import export, litert, model_card, predict
 
 
@@ -23,7 +22,9 @@ def trained_run(finished_run):
     return run, json.loads((run / "metrics.json").read_text())
 
 
+@pytest.mark.slow
 def test_every_run_saves_its_model_in_float32_and_records_it(trained_run):
+    """Uses the shared finished run (a kernel trained it): the model the notebook saved."""
     run, metrics = trained_run
     record = metrics["saved_model"]
     model_file = run / record["file"]
@@ -54,7 +55,9 @@ def test_a_model_trained_in_mixed_precision_is_saved_in_float32(tmp_path):
     assert np.allclose(copy.predict(pixels, verbose=0), expected, atol=5e-3), "same weights, float32 arithmetic"
 
 
+@pytest.mark.slow
 def test_predict_agrees_with_the_notebooks_own_test_predictions(trained_run, tmp_path, capsys):
+    """Uses the shared finished run: predict must agree with the notebook that trained the model."""
     run, metrics = trained_run
     notebook = pd.read_csv(run / "predictions.csv").query("split == 'test'").reset_index(drop=True)
     root = metrics["dataset"]["root"]
@@ -68,7 +71,9 @@ def test_predict_agrees_with_the_notebooks_own_test_predictions(trained_run, tmp
     assert "predicted with" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_predict_reads_every_image_kind_names_a_broken_file_and_searches_folders(trained_run, tmp_path, capsys):
+    """Uses the shared finished run: a trained model to predict with."""
     run, metrics = trained_run
     source = np.asarray(Image.open(f"{metrics['dataset']['root']}/{pd.read_csv(run / 'predictions.csv')['path'][0]}").convert("L"))
     folder = tmp_path / "images"
@@ -121,7 +126,9 @@ def exported(trained_run, tmp_path_factory):
     return export.export_run(run, out, calibration=24, say=lambda *_: None), out, metrics
 
 
+@pytest.mark.slow
 def test_the_three_exports_load_predict_and_int8_takes_uint8(exported, trained_run):
+    """Uses the shared finished run: converting a trained model is the claim."""
     record, out, metrics = exported
     run = trained_run[0]
     assert [row["format"] for row in record["formats"]] == ["Keras (.keras, float32)", "LiteRT float32", "LiteRT float16", "LiteRT int8"]
@@ -146,7 +153,9 @@ def test_the_three_exports_load_predict_and_int8_takes_uint8(exported, trained_r
     assert json.loads((out / "export.json").read_text()) == record
 
 
+@pytest.mark.slow
 def test_the_model_card_is_generated_from_the_runs_files(exported):
+    """Uses the shared finished run and its export: the card is made from both."""
     record, out, metrics = exported
     card = (out / "MODEL_CARD.md").read_text()
     assert "synthetic demo set: these numbers say nothing about chest X-rays" in card
@@ -164,8 +173,16 @@ def test_export_refuses_a_folder_that_is_not_a_finished_run(tmp_path, capsys):
     assert "is not a finished run with a saved model" in capsys.readouterr().err
 
 
-def test_the_benchmark_compares_int8_with_float32_side_by_side(trained_run):
+@pytest.mark.slow
+def test_the_benchmark_compares_int8_with_float32_side_by_side(trained_run, exported, monkeypatch):
+    """Uses the shared export of the finished run: the benchmark takes its figures from export_run's record."""
+    from covid_mobilenet.bench import quantization
+
+    asked = []
+    monkeypatch.setattr(quantization, "export_run", lambda run, out, threads: asked.append((run, threads)) or exported[0])
     figures = measure_quantization(trained_run[0])
+    assert asked == [(trained_run[0], 1)], "one thread: the latency of a small device"
+    assert figures["run"] == str(trained_run[0]) and figures["test_images"] == exported[0]["test_images"]
     rows = {row["format"]: row for row in figures["formats"]}
     ratio = figures["int8_vs_float32"]
     assert ratio["latency_ratio"] == rows["LiteRT int8"]["median_latency_ms"] / rows["LiteRT float32"]["median_latency_ms"]
@@ -174,25 +191,43 @@ def test_the_benchmark_compares_int8_with_float32_side_by_side(trained_run):
     assert measure_quantization(None)["skipped"].startswith("no finished run")
 
 
+@pytest.mark.slow
 def test_an_exported_folder_can_be_copied_and_used_alone(exported, tmp_path):
+    """Uses the shared export of the finished run."""
     record, out, _ = exported
     shutil.copy(out / "model_int8.tflite", tmp_path / "model.tflite")
     lite = litert.LiteModel(tmp_path / "model.tflite", threads=2)
     assert lite(np.zeros((64, 64, 3), np.uint8)).shape == (4,)
 
 
-def test_a_real_export_fills_the_readme_table_a_demo_one_never(exported, tmp_path):
-    record = exported[0]
-    assert record["demo"] is True  # export.main leaves the README alone for it
+@pytest.mark.slow
+def test_a_real_export_fills_the_readme_table_a_demo_one_never(exported, trained_run, tmp_path, monkeypatch, capsys):
+    """The export command's own README branch, on the fixture's export record (the conversion itself ran there)."""
+    record, out, _ = exported
+    assert record["demo"] is True
     readme = tmp_path / "README.md"
-    readme.write_text(f"before\n{export.EXPORT_START}\nold\n{export.EXPORT_END}\nafter\n")
-    assert replace_readme_section(readme, model_card.readme_section({**record, "demo": False}),
-                                          (export.EXPORT_START, export.EXPORT_END))
+    original = f"before\n{export.EXPORT_START}\nold\n{export.EXPORT_END}\nafter\n"
+    readme.write_text(original)
+    monkeypatch.setattr(export, "README_FILE", readme)
+    exported_as = {}
+    monkeypatch.setattr(export, "export_run", lambda run, out, **kw: exported_as.get("record", record))
+    command = [str(trained_run[0]), "--out", str(out)]
+
+    assert export.main(command) == 0
+    assert readme.read_text() == original, "a demo export never reaches the README"
+    exported_as["record"] = {**record, "demo": False}  # as an export of a run on the real data
+    assert export.main([*command, "--no-readme"]) == 0
+    assert readme.read_text() == original, "--no-readme leaves it alone"
+    assert export.main(command) == 0
     text = readme.read_text()
     assert "old" not in text and "| LiteRT int8 |" in text and text.endswith(f"{export.EXPORT_END}\nafter\n")
+    assert model_card.readme_section({**record, "demo": False}) in text
+    assert f"updated the export table in {readme}" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_export_names_missing_data_and_takes_its_new_place(trained_run, tmp_path):
+    """Uses the shared finished run: export reads its files."""
     run, metrics = trained_run
     moved = tmp_path / "results" / "mn_resultset1" / "seed-42"
     shutil.copytree(run, moved, ignore=shutil.ignore_patterns("tensorboard"))

@@ -17,7 +17,7 @@ from covid_mobilenet.common import files
 from covid_mobilenet.common.config import load_config
 from covid_mobilenet.common.files import StorageError, ensure_writable, write_atomic
 from covid_mobilenet.sweep import plan, preflight
-from tests.conftest import folders, run_all
+from tests.conftest import folders, run_all, run_all_here, write_finished_run
 
 
 # ------------------------------------------------------------- bad parameters in experiments.json
@@ -33,7 +33,7 @@ def test_a_bad_configuration_file_stops_the_sweep_before_it_starts(tmp_path, tin
     config["experiments"]["mn_resultset3"].update(settings)
     config_file = tmp_path / "experiments.json"
     config_file.write_text(json.dumps(config))
-    result = run_all("--demo", "--config", str(config_file), *folders(tmp_path, tiny_root))
+    result = run_all_here("--demo", "--config", str(config_file), *folders(tmp_path, tiny_root))
     assert result.returncode == 2
     assert "Experiment mn_resultset3" in result.stderr and fragment in result.stderr
     assert not (tmp_path / "results" / "mn_resultset1").exists(), "nothing ran"
@@ -42,19 +42,20 @@ def test_a_bad_configuration_file_stops_the_sweep_before_it_starts(tmp_path, tin
 def test_an_unreadable_configuration_file_is_named(tmp_path):
     broken = tmp_path / "experiments.json"
     broken.write_text('{"experiments": {')
-    result = run_all("--config", str(broken))
+    result = run_all_here("--config", str(broken))
     assert result.returncode == 2 and str(broken) in result.stderr and "not valid JSON" in result.stderr
 
 
 # ------------------------------------------------------------- truncated metrics.json
 
 
-def test_a_truncated_metrics_file_is_reported_and_its_experiment_reruns(demo_sweep, tiny_root):
-    tmp = demo_sweep[0]
+@pytest.mark.slow
+def test_a_truncated_metrics_file_is_reported_and_its_experiment_reruns(own_sweep, tiny_root):
+    """Trains: the truncated run must train again, with the same numbers."""
+    tmp = own_sweep
     metrics_file = tmp / "results" / "mn_resultset4" / "seed-42" / "metrics.json"
     before = json.loads(metrics_file.read_text())
     metrics_file.write_text(metrics_file.read_text()[:200])  # as if the machine died mid-write without atomic writes
-    # (mn_resultset5 is left out: another test of the shared sweep reruns it with other epochs)
     chosen = ["mn_resultset1", "mn_resultset2", "mn_resultset4"]
     others = {n: (tmp / "results" / n / "seed-42" / "metrics.json").stat().st_mtime_ns for n in chosen if n != "mn_resultset4"}
 
@@ -98,8 +99,10 @@ def test_a_full_disk_gives_an_error_and_destroys_nothing(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["summary.csv"]
 
 
-def test_a_crash_during_the_summary_is_repaired_by_running_it_again(demo_sweep, tmp_path, monkeypatch):
-    results = demo_sweep[0] / "results"
+def test_a_crash_during_the_summary_is_repaired_by_running_it_again(tmp_path, monkeypatch):
+    results = tmp_path / "results"
+    for name in ("mn_resultset1", "mn_resultset2"):
+        write_finished_run(results, name)
     config = load_config()
     reference = summary.write_summary(results, tmp_path / "clean", config=config, demo=True, update_readme=False)
     expected_csv = reference["csv"].read_text()

@@ -4,6 +4,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from covid_mobilenet.common import machine
 from covid_mobilenet.model import runtime
 from tests.conftest import PROJECT
@@ -66,7 +68,9 @@ MIRRORED = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_training_under_mirrored_strategy_on_two_logical_cpus(tmp_path, tiny_root):
+    """Trains: gradients all-reduced over two replicas are the claim."""
     params = {"data_dir": str(tiny_root), "results_dir": str(tmp_path / "results"), "graph_dir": str(tmp_path / "Graph"),
               "experiment": "mirrored", "image_size": 32, "batch_size": 8, "epochs": 2, "learning_rate": 1e-3,
               "weights": None, "dropout": 0.0, "train_base": False, "precision": "float32"}  # the head's gradients are all-reduced all the same

@@ -116,6 +116,7 @@ def test_the_tapped_layer_is_the_last_convolution_or_the_last_wide_enough():
         find_backbone(head_alone)
 
 
+@pytest.mark.slow
 def test_gradcam_finds_the_one_region_that_carries_the_class():
     """A known answer: the class is a bright square in the top-left quadrant, the rest is noise for both
     classes. The heatmap of the trained model must sit on that quadrant, far above its area share."""

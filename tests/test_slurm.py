@@ -23,7 +23,7 @@ from covid_mobilenet.sweep import notebooks
 from covid_mobilenet.sweep.plan import Job
 from covid_mobilenet.sweep.slurm import SUBMITTED_FILE
 
-from tests.conftest import PROJECT, TINY, comparable, folders, run_all, tiny_backbone_config
+from tests.conftest import PROJECT, TINY, comparable, folders, run_all, run_all_here, tiny_backbone_config
 
 SLURM_REQUIRED = os.environ.get("COVID_MOBILENET_REQUIRE_SLURM") == "1"
 RUNS = ["mn_resultset1", "mn_resultset2"]  # two of the local demo_sweep's, so the files and numbers can be compared
@@ -81,7 +81,7 @@ def files_of(run_dir: Path) -> set[str]:
 # --- the batch script, without Slurm --------------------------------------------------------------------------
 
 def test_dry_run_shows_the_batch_script_with_every_option_and_changes_nothing(tmp_path, tiny_root):
-    done = run_all("--demo", *folders(tmp_path, tiny_root), "--only", ",".join(RUNS), "--backend", "slurm", "--dry-run",
+    done = run_all_here("--demo", *folders(tmp_path, tiny_root), "--only", ",".join(RUNS), "--backend", "slurm", "--dry-run",
                    "--partition", "gpu-a100", "--account", "radiology-lab", "--time", "1:30:00", "--gpus", "2",
                    "--cpus", "6", "--mem", "24", "--max-at-once", "1", "--setup", "module load cuda/12.4",
                    "--setup", "source ~/venvs/covid/bin/activate")
@@ -103,10 +103,10 @@ def test_dry_run_shows_the_batch_script_with_every_option_and_changes_nothing(tm
 
 
 def test_demo_defaults_ask_for_no_gpu_and_real_runs_for_one(tmp_path, tiny_root):
-    demo = run_all("--demo", *folders(tmp_path, tiny_root), "--only", "mn_resultset1", "--backend", "slurm", "--dry-run")
+    demo = run_all_here("--demo", *folders(tmp_path, tiny_root), "--only", "mn_resultset1", "--backend", "slurm", "--dry-run")
     assert "--gpus-per-node" not in demo.stdout and "#SBATCH --mem=4G" in demo.stdout and "#SBATCH --time=30" in demo.stdout
     assert "--array" not in demo.stdout, "a single run is a plain job"
-    real = run_all("--only", "mn_resultset1", "--backend", "slurm", "--dry-run", "--results-dir", str(tmp_path / "real"))
+    real = run_all_here("--only", "mn_resultset1", "--backend", "slurm", "--dry-run", "--results-dir", str(tmp_path / "real"))
     assert real.returncode == 0, real.stderr
     assert "#SBATCH --gpus-per-node=1" in real.stdout and "#SBATCH --mem=32G" in real.stdout and "#SBATCH --time=120" in real.stdout
 
@@ -120,7 +120,7 @@ def test_demo_defaults_ask_for_no_gpu_and_real_runs_for_one(tmp_path, tiny_root)
     (["--backend", "cloud"], "invalid choice"),
 ])
 def test_slurm_options_are_checked_before_anything_runs(args, message):
-    done = run_all("--demo", *args)
+    done = run_all_here("--demo", *args)
     assert done.returncode == 2 and message in done.stderr, done.stderr
 
 
@@ -150,7 +150,9 @@ def _start_a_kernel(index: int) -> tuple[str, str, str]:
     return asyncio.run(run())
 
 
+@pytest.mark.slow
 def test_kernels_started_at_once_each_get_their_own_sockets(tmp_path, monkeypatch):
+    """Starts six kernels at once: their sockets are the claim."""
     monkeypatch.setenv("KERNEL_LOGS", str(tmp_path))
     with ProcessPoolExecutor(6) as pool:
         started = list(pool.map(_start_a_kernel, range(6)))
@@ -161,7 +163,9 @@ def test_kernels_started_at_once_each_get_their_own_sockets(tmp_path, monkeypatc
         assert not any(Path(f"{ip}-1").exists() for _, ip, _ in started), "the sockets are removed with the kernel"
 
 
+@pytest.mark.slow
 def test_a_kernel_that_never_ran_a_cell_gets_one_more_try_and_a_notebook_failure_does_not(tmp_path, monkeypatch):
+    """Starts kernels: papermill's failures before and after the first cell."""
     import papermill
 
     job = Job({"experiment": "mn_resultset1", "seed": 42, "results_dir": str(tmp_path), "graph_dir": str(tmp_path)})
@@ -233,7 +237,10 @@ def slurm_sweep(slurm, tiny_root, tmp_path_factory):
     return tmp, first_run, partial, rerun, summary
 
 
+@pytest.mark.slow
+@pytest.mark.slurm
 def test_a_cancelled_task_is_reported_with_its_notebook_and_slurm_log(slurm_sweep):
+    """Slurm's shared sweep: a task cancelled while its notebook trains."""
     tmp, first, _, _, _ = slurm_sweep
     assert first.returncode == 1, first.stdout + first.stderr
     row = next(line for line in first.stdout.splitlines() if line.startswith(f"{RUNS[1]}/seed-42 "))
@@ -244,7 +251,10 @@ def test_a_cancelled_task_is_reported_with_its_notebook_and_slurm_log(slurm_swee
     assert re.search(rf"^{RUNS[0]}/seed-42 +ran ", first.stdout, re.MULTILINE)
 
 
+@pytest.mark.slow
+@pytest.mark.slurm
 def test_a_preempted_task_is_requeued_and_resumes_from_its_backup(slurm_sweep, demo_sweep):
+    """Slurm's shared sweep: a task preempted after its first epoch, resumed."""
     tmp = slurm_sweep[0]
     run = tmp / "results" / RUNS[0] / "seed-42"
     assert "Resuming from the backup" in (run / f"{RUNS[0]}.ipynb").read_text()
@@ -256,7 +266,10 @@ def test_a_preempted_task_is_requeued_and_resumes_from_its_backup(slurm_sweep, d
     assert comparable(json.loads((run / "metrics.json").read_text())) == comparable(local)
 
 
+@pytest.mark.slow
+@pytest.mark.slurm
 def test_summary_only_trains_nothing_and_names_what_is_missing(slurm_sweep):
+    """Slurm's shared sweep: the summary's kernel runs on what finished."""
     partial = slurm_sweep[2]
     assert partial.returncode == 1, partial.stdout + partial.stderr
     assert re.search(rf"^{RUNS[0]}/seed-42 +skipped ", partial.stdout, re.MULTILINE)
@@ -266,12 +279,15 @@ def test_summary_only_trains_nothing_and_names_what_is_missing(slurm_sweep):
 
 
 def test_summary_only_without_any_finished_run_says_so(tmp_path, tiny_root):
-    done = run_all("--demo", *folders(tmp_path, tiny_root), "--only", ",".join(RUNS), "--summary-only")
+    done = run_all_here("--demo", *folders(tmp_path, tiny_root), "--only", ",".join(RUNS), "--summary-only")
     assert done.returncode == 1 and "no run has finished" in done.stderr, done.stdout + done.stderr
     assert not (tmp_path / "results").exists()
 
 
+@pytest.mark.slow
+@pytest.mark.slurm
 def test_a_rerun_submits_only_what_is_missing_and_the_summary_comes_later(slurm_sweep):
+    """Slurm's shared sweep: the missing run is submitted and trains."""
     tmp, _, _, rerun, summary = slurm_sweep
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert "Submitted Slurm job" in rerun.stdout and ": 1 task;" in rerun.stdout, rerun.stdout
@@ -281,7 +297,10 @@ def test_a_rerun_submits_only_what_is_missing_and_the_summary_comes_later(slurm_
     assert "Demo run on synthetic images" in (tmp / "results" / "summary.md").read_text()
 
 
+@pytest.mark.slow
+@pytest.mark.slurm
 def test_the_slurm_sweep_leaves_the_same_files_and_numbers_as_the_local_one(slurm_sweep, demo_sweep):
+    """Slurm's shared sweep against the shared local one."""
     tmp = slurm_sweep[0]
     local = demo_sweep[0]
     for run in RUNS:
@@ -295,7 +314,10 @@ def test_the_slurm_sweep_leaves_the_same_files_and_numbers_as_the_local_one(slur
     assert (tmp / "Graph" / "The_result_of_MobileNet_fine_tuning.png").is_file()
 
 
+@pytest.mark.slow
+@pytest.mark.slurm
 def test_ctrl_c_leaves_the_tasks_running_and_a_rerun_does_not_submit_them_again(slurm, tiny_root, tmp_path):
+    """Submits a run to Slurm that trains while the driver is interrupted."""
     args = [sys.executable, "run_all.py", "--demo", *folders(tmp_path, tiny_root), *SLURM_TINY,
             "--only", "mn_resultset3", "--config", str(tiny_backbone_config())]
     # As from a terminal: a test session started in the background (`cmd &` without job control) ignores

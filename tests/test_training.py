@@ -1,5 +1,6 @@
 import numpy as np
 import pandas as pd
+import pytest
 import tensorflow as tf
 
 from covid_mobilenet.common.run_layout import TENSORBOARD_FOLDER, backup_dir, remove_backup
@@ -36,7 +37,9 @@ def fresh_model(train_base=False):
     return tiny_model(train_base)
 
 
+@pytest.mark.slow
 def test_a_resumed_run_ends_exactly_where_an_uninterrupted_one_does(tmp_path, capsys):
+    """Trains: an interrupted and resumed fit against an uninterrupted one."""
     uninterrupted_model = fresh_model(train_base=True)
     uninterrupted = training.fit(uninterrupted_model, tiny_pipelines(), epochs=2, **run_folders(tmp_path / "a"), params=PARAMS)
 
@@ -57,11 +60,15 @@ def test_a_resumed_run_ends_exactly_where_an_uninterrupted_one_does(tmp_path, ca
     assert not (tmp_path / "b" / "backup").exists()
 
 
+@pytest.mark.slow
 def test_a_backup_of_other_parameters_is_discarded(tmp_path, capsys):
+    """Trains: a backup is only made by fitting."""
     training.fit(fresh_model(), tiny_pipelines(), epochs=1, **run_folders(tmp_path), params=PARAMS)
     history = training.fit(fresh_model(), tiny_pipelines(), epochs=1, **run_folders(tmp_path), params={**PARAMS, "seed": 2})
     assert "Discarding the backup" in capsys.readouterr().out
     assert history["epoch"].tolist() == [1]
+
+
 def test_history_keeps_the_last_row_of_a_rerun_epoch(tmp_path):
     log = tmp_path / "log.csv"
     log.write_text("epoch,accuracy,loss,val_accuracy,val_loss,epoch_seconds\n0,0.1,2,0.1,2,1\n1,0.2,1.5,0.2,1.5,1\n1,0.3,1.4,0.3,1.4,2\n")
@@ -71,7 +78,9 @@ def test_history_keeps_the_last_row_of_a_rerun_epoch(tmp_path):
     assert list(history.columns) == training.HISTORY_COLUMNS
 
 
+@pytest.mark.slow
 def test_a_run_that_finished_training_but_not_its_outputs_trains_no_more(tmp_path, capsys):
+    """Trains: the backup of a finished fit must restore its final weights."""
     model = fresh_model()
     first = training.fit(model, tiny_pipelines(), epochs=2, **run_folders(tmp_path), params=PARAMS)
     # killed after the last epoch, before metrics.json: the rerun restores the final weights and trains nothing
@@ -90,7 +99,9 @@ def interrupted_while_saving_epoch_2(run_dir, garbage: bytes):
     (keras_backup / "latest.weights.h5").write_bytes(garbage)  # then is killed while writing the new weights
 
 
+@pytest.mark.slow
 def test_a_kill_while_the_backup_is_written_still_resumes_exactly(tmp_path, capsys):
+    """Trains: a backup is only made by fitting, then damaged as a kill would."""
     uninterrupted_model = fresh_model()
     uninterrupted = training.fit(uninterrupted_model, tiny_pipelines(), epochs=2, **run_folders(tmp_path / "a"), params=PARAMS)
 
@@ -106,7 +117,9 @@ def test_a_kill_while_the_backup_is_written_still_resumes_exactly(tmp_path, caps
         np.testing.assert_array_equal(expected, actual)
 
 
+@pytest.mark.slow
 def test_a_backup_cut_short_in_its_first_epoch_starts_over(tmp_path, capsys):
+    """Trains: a backup is only made by fitting, then cut short."""
     training.fit(fresh_model(), tiny_pipelines(), epochs=1, **run_folders(tmp_path), params=PARAMS)
     (tmp_path / "backup" / "seal.json").unlink()  # killed before the first epoch was sealed
     (tmp_path / "backup" / "keras" / "latest.weights.h5").write_bytes(b"\x89HDF\r\n half")
