@@ -69,3 +69,10 @@ def test_kernel_names_modules_and_private_names_are_not_parameters(defaults):
 
     namespace = {**defaults, "json": json, "In": [], "Out": {}, "_project": "x", "get_ipython": print, "Path": type}
     assert check_parameters(namespace) == defaults
+
+
+@pytest.mark.parametrize("name", ["..", "."])
+def test_an_experiment_name_never_leaves_the_results_folder(defaults, tmp_path, name):
+    with pytest.raises(ParameterError, match=r"Parameter experiment is '\.{1,2}': its run folder .* would not sit inside results_dir"):
+        check_parameters({**defaults, "experiment": name, "results_dir": str(tmp_path / "results")})
+    assert check_parameters({**defaults, "experiment": "mn.v2", "results_dir": str(tmp_path / "results")})["experiment"] == "mn.v2"

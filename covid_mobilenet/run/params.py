@@ -99,6 +99,12 @@ def check_parameters(namespace: Mapping[str, Any]) -> dict[str, Any]:
         raise ParameterError(
             f"val_fraction + test_fraction must be below 1, got {params['val_fraction']} + {params['test_fraction']}."
         )
+    folder = resolve_path(params["results_dir"]) / params["experiment"]
+    if folder.resolve().parent != resolve_path(params["results_dir"]).resolve():
+        raise ParameterError(
+            f"Parameter experiment is {params['experiment']!r}: its run folder {folder} would not sit inside "
+            f"results_dir ({params['results_dir']}). Name the run with letters, digits, '_', '-' and '.', not '.' or '..'."
+        )
     if params["fast"] and params["train_base"]:
         raise ParameterError(
             "fast=True trains only the head on cached backbone features, which needs a frozen backbone: "
