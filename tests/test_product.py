@@ -119,6 +119,29 @@ def test_the_best_run_is_the_most_accurate_real_run(tmp_path):
     assert best_run(tmp_path, allow_demo=True) == tmp_path / "c" / "seed-1"
 
 
+def test_the_best_run_is_never_a_region_run_nor_one_of_another_folder(tmp_path, capsys):
+    """A model trained with the lungs blacked out, or a frozen-backbone run of results/fast/, may score higher on its
+    own test images; predict applies the model to whole images, so the choice is among the sweep's full-image runs."""
+    for name, accuracy, region in (("mn_resultset1", 0.8, "full"), ("mn_resultset1-no_lungs", 0.95, "no_lungs"),
+                                   ("fast/mn_resultset2", 0.99, "full"), ("mn_resultset2", 0.7, None)):
+        run = tmp_path / name / "seed-42"
+        run.mkdir(parents=True)
+        params = {} if region is None else {"input_region": region}  # runs from before the regions had none
+        (run / "metrics.json").write_text(json.dumps({"test": {"accuracy": accuracy}, "dataset": {"demo": False},
+                                                      "params": params}))
+        (run / "model.keras").write_bytes(b"x")
+    assert best_run(tmp_path) == tmp_path / "mn_resultset1" / "seed-42"
+    assert predict.main([str(tmp_path / "absent.png"), "--results-dir", str(tmp_path)]) == 2  # the model file is not real
+    assert f"Using the best finished run on the real data: {tmp_path / 'mn_resultset1' / 'seed-42'}" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def exported(trained_run, tmp_path_factory):
+    run, metrics = trained_run
+    out = tmp_path_factory.mktemp("export")
+    return export.export_run(run, out, calibration=24, say=lambda *_: None), out, metrics
+
+
 @pytest.fixture(scope="module")
 def exported(trained_run, tmp_path_factory):
     run, metrics = trained_run

@@ -67,15 +67,19 @@ class RunNotFound(LookupError):
 
 
 def finished_runs(results_dir: str | os.PathLike, *, allow_demo: bool = False) -> list[tuple[float, Path]]:
-    """(test accuracy, run folder) of every finished run below ``results_dir`` that kept its model."""
+    """(test accuracy, run folder) of every finished run of the sweep in ``results_dir`` that kept its model and was
+    trained on full images: ``<results_dir>/<experiment>/seed-<seed>/``, not the runs of another folder inside it
+    (results/fast/, results/demo/) nor the runs of --regions, whose models take images with a region blacked out."""
     runs = []
-    for metrics_file in sorted(Path(results_dir).glob(f"**/seed-*/{METRICS_FILE}")):
+    for metrics_file in sorted(Path(results_dir).glob(f"*/seed-*/{METRICS_FILE}")):
         try:
             metrics = json.loads(metrics_file.read_text())
             accuracy = float(metrics["test"]["accuracy"])
         except (OSError, ValueError, KeyError, TypeError):
             continue
         if metrics.get("dataset", {}).get("demo") and not allow_demo:
+            continue
+        if metrics.get("params", {}).get("input_region", "full") != "full":
             continue
         if (metrics_file.parent / MODEL_FILE).is_file():
             runs.append((accuracy, metrics_file.parent))

@@ -7,7 +7,8 @@ Images are decoded exactly as the training pipeline decodes them (``data.pipelin
 JPEG of any size, grayscale, RGB, RGBA or 16-bit, resized to the model's side), and the model
 takes raw pixels (its scaling is inside it). A file that cannot be read is named and skipped;
 the exit status is 1 when any failed, 2 when no model could be found. Without ``--run`` or
-``--model`` the best finished run on the real data (highest test accuracy) is used, and named.
+``--model`` the best finished run of the sweep on the real data (highest test accuracy, trained on full images:
+``analysis.results.best_run``) is used, and named.
 """
 from __future__ import annotations
 
