@@ -83,6 +83,7 @@ def test_predict_reads_every_image_kind_names_a_broken_file_and_searches_folders
     Image.fromarray(np.stack([source] * 3 + [np.full_like(source, 255)], -1), "RGBA").save(folder / "rgba.png")
     Image.fromarray(source.astype(np.uint16) * 257).save(folder / "sixteen.png")  # 16-bit grayscale PNG
     Image.fromarray(np.stack([source] * 3, -1), "RGB").resize((523, 411)).save(folder / "nested" / "large.jpg", quality=95)
+    Image.fromarray(255 - source, "L").save(folder / "nested" / "gray.png")  # another picture of the same name
     (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not the rest of a PNG")
     (folder / "notes.txt").write_text("not an image, not listed")
     assert Image.open(folder / "sixteen.png").mode.startswith("I")
@@ -93,14 +94,17 @@ def test_predict_reads_every_image_kind_names_a_broken_file_and_searches_folders
     err = capsys.readouterr().err
     assert "skipped" in err and "broken.png" in err
     table = pd.read_csv(tmp_path / "p.csv").set_index("path")
-    names = {path.rsplit("/", 1)[-1] for path in table.index}
-    assert names == {"gray.png", "rgb.png", "rgba.png", "sixteen.png", "large.jpg"}
+    names = sorted(path.rsplit("/", 1)[-1] for path in table.index)
+    assert names == ["gray.png", "gray.png", "large.jpg", "rgb.png", "rgba.png", "sixteen.png"]
     probabilities = table.filter(like="p_")
     assert np.allclose(probabilities.sum(axis=1), 1)
     # the same picture as 8-bit gray, RGB, RGBA and 16-bit decodes to the same pixels, so the same answer
     same = probabilities.loc[[str(folder / n) for n in ("gray.png", "rgb.png", "rgba.png", "sixteen.png")]].to_numpy()
     assert np.abs(same - same[0]).max() < 1e-6
-    assert len(list((tmp_path / "heatmaps").glob("*.gradcam.png"))) == 5
+    # every input its own overlay, named in the CSV: the two gray.png do not overwrite each other
+    overlays = sorted((tmp_path / "heatmaps").glob("*.gradcam.png"))
+    assert len(overlays) == 6 and sorted(map(str, overlays)) == sorted(table["gradcam"])
+    assert table.loc[str(folder / "gray.png"), "gradcam"] != table.loc[str(folder / "nested" / "gray.png"), "gradcam"]
 
 
 def test_predict_without_a_model_says_how_to_get_one(tmp_path, capsys):
@@ -133,13 +137,6 @@ def test_the_best_run_is_never_a_region_run_nor_one_of_another_folder(tmp_path, 
     assert best_run(tmp_path) == tmp_path / "mn_resultset1" / "seed-42"
     assert predict.main([str(tmp_path / "absent.png"), "--results-dir", str(tmp_path)]) == 2  # the model file is not real
     assert f"Using the best finished run on the real data: {tmp_path / 'mn_resultset1' / 'seed-42'}" in capsys.readouterr().err
-
-
-@pytest.fixture(scope="module")
-def exported(trained_run, tmp_path_factory):
-    run, metrics = trained_run
-    out = tmp_path_factory.mktemp("export")
-    return export.export_run(run, out, calibration=24, say=lambda *_: None), out, metrics
 
 
 @pytest.fixture(scope="module")

@@ -123,14 +123,28 @@ def prediction_table(paths: list[Path], probabilities, class_names: list[str]):
     return table
 
 
+def overlay_names(paths: list[Path]) -> list[str]:
+    """One file name per input: ``<stem>.gradcam.png``, or ``<stem>.<n>.gradcam.png`` when an earlier input took
+    that name (folders searched recursively often hold several ``1.png``)."""
+    taken, names = set(), []
+    for path in paths:
+        name, number = f"{path.stem}.gradcam.png", 1
+        while name in taken:
+            number += 1
+            name = f"{path.stem}.{number}.gradcam.png"
+        taken.add(name)
+        names.append(name)
+    return names
+
+
 def write_gradcam(trained: TrainedModel, pixels, paths: list[Path], table, folder: Path) -> list[Path]:
-    """One heatmap overlay per image, ``<folder>/<name>.gradcam.png``."""
+    """One heatmap overlay per image, ``<folder>/<name>.gradcam.png`` (``overlay_names``), in the table's order."""
     from ..common.files import save_figure
     from ..model.gradcam import GradCam, overlay_panel, upsample
 
     gradcam = GradCam(trained.model)
     folder.mkdir(parents=True, exist_ok=True)
-    written = []
+    written, names = [], overlay_names(paths)
     for start in range(0, len(pixels), 32):
         cams = upsample(gradcam.cams(pixels[start:start + 32])[0], trained.image_size)
         for offset, cam in enumerate(cams):
@@ -138,8 +152,7 @@ def write_gradcam(trained: TrainedModel, pixels, paths: list[Path], table, folde
             title = f"{row['predicted']} ({row[f'p_{row.predicted}']:.2f})"
             figure = overlay_panel(pixels[start + offset:start + offset + 1], [cam], [title], [None], 1,
                                    f"{paths[start + offset].name}: Grad-CAM ({gradcam.layer})")
-            name = f"{paths[start + offset].stem}.gradcam.png"
-            written.append(save_figure(figure, folder / name))
+            written.append(save_figure(figure, folder / names[start + offset]))
     return written
 
 
@@ -173,14 +186,15 @@ def main(argv: list[str] | None = None) -> int:
 
     with pd.option_context("display.max_rows", None, "display.width", 200, "display.max_colwidth", 80):
         print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}") if len(table) else "no image could be read")
+    if args.gradcam and len(table):
+        written = write_gradcam(trained, pixels, readable, table, args.gradcam)
+        table["gradcam"] = [str(path) for path in written]  # the overlay of each row
+        print(f"wrote {len(written)} Grad-CAM overlays to {args.gradcam}", file=sys.stderr)
     if args.csv:
         from ..common.files import write_csv
 
         write_csv(args.csv, table)
         print(f"wrote {args.csv}", file=sys.stderr)
-    if args.gradcam and len(table):
-        written = write_gradcam(trained, pixels, readable, table, args.gradcam)
-        print(f"wrote {len(written)} Grad-CAM overlays to {args.gradcam}", file=sys.stderr)
     for path, why in failed:
         print(f"skipped {path}: {why}", file=sys.stderr)
     print(f"{len(table)} image(s) predicted with {trained.source}; {len(failed)} failed", file=sys.stderr)
