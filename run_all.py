@@ -121,6 +121,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         value, least = getattr(args, name), 0 if name == "gpus" else 1
         if value is not None and value < least:
             parser.error(f"--{name.replace('_', '-')} {value}: must be at least {least}")
+    for name, values in (("partition", [args.partition]), ("account", [args.account]), ("setup", args.setup)):
+        for value in values:
+            if value is not None and any(ord(character) < 32 or ord(character) == 127 for character in value):
+                parser.error(f"--{name} {value!r}: holds a control character (a newline would add lines to the batch "
+                             "script); give it on one line, without control characters")
     if args.time is not None and args.time < 5:
         parser.error(f"--time {args.time}: give at least 5 minutes; a task is warned 2 minutes before its limit "
                      "to be requeued, and a shorter limit would requeue it before it trains")

@@ -118,6 +118,10 @@ def test_demo_defaults_ask_for_no_gpu_and_real_runs_for_one(tmp_path, tiny_root)
     (["--backend", "slurm", "--cpus", "0"], "--cpus 0: must be at least 1"),
     (["--backend", "slurm", "--time", "0:03:00"], "--time 3: give at least 5 minutes"),
     (["--backend", "cloud"], "invalid choice"),
+    # a newline in an option that goes into the batch script would add #SBATCH lines of its own
+    (["--backend", "slurm", "--dry-run", "--partition", "gpu\n#SBATCH --uid=0"], "--partition 'gpu\\n#SBATCH --uid=0': holds a control"),
+    (["--backend", "slurm", "--dry-run", "--account", "lab\r"], "--account 'lab\\r': holds a control"),
+    (["--backend", "slurm", "--dry-run", "--setup", "module load cuda", "--setup", "x\x1b[2J"], "--setup 'x\\x1b[2J': holds a control"),
 ])
 def test_slurm_options_are_checked_before_anything_runs(args, message):
     done = run_all_here("--demo", *args)
