@@ -299,6 +299,7 @@ def test_a_rerun_submits_only_what_is_missing_and_the_summary_comes_later(slurm_
     assert "scancel" in rerun.stdout and "--summary-only" in rerun.stdout
     assert summary is not None and summary.returncode == 0, (summary.stdout + summary.stderr) if summary else rerun.stdout
     assert "Demo run on synthetic images" in (tmp / "results" / "summary.md").read_text()
+    assert (tmp / "results" / "slurm").stat().st_mode & 0o777 == 0o700, "the pickled tasks are the owner's alone"
 
 
 @pytest.mark.slow
@@ -348,6 +349,16 @@ def test_ctrl_c_leaves_the_tasks_running_and_a_rerun_does_not_submit_them_again(
             driver.kill()
         if submitted.exists():
             subprocess.run(["scancel", task_of(tmp_path / "results", "mn_resultset3")])
+
+
+def test_the_folder_of_pickled_tasks_is_its_owners_alone(tmp_path):
+    """submitit's pickled tasks are code the tasks run: results/slurm/ is created 0700, and narrowed when it was not."""
+    from covid_mobilenet.sweep import slurm
+
+    created = slurm.private_folder(slurm.slurm_folder(tmp_path / "results"))
+    assert created.stat().st_mode & 0o777 == 0o700
+    created.chmod(0o777)
+    assert slurm.private_folder(created).stat().st_mode & 0o777 == 0o700
 
 
 def test_without_sbatch_the_slurm_backend_says_what_to_do(tmp_path, tiny_root, monkeypatch):

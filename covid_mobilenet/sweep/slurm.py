@@ -84,6 +84,14 @@ def slurm_folder(results_dir: Path) -> Path:
     return results_dir / SLURM_FOLDER
 
 
+def private_folder(folder: Path) -> Path:
+    """``folder``, created or narrowed to its owner alone (0700): the pickled tasks inside are code a task runs, so
+    nobody else may write them (nor read the logs)."""
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    folder.chmod(0o700)
+    return folder
+
+
 def _executor(results_dir: Path, options: SlurmOptions, mode_name: str, *, dry_run: bool = False):
     import submitit
 
@@ -135,6 +143,7 @@ def submit(jobs: list[Job], results_dir: Path, options: SlurmOptions, kernel: st
     import submitit
 
     check_slurm_available()
+    private_folder(slurm_folder(results_dir))
     executor = _executor(results_dir, options, mode_name)
     try:
         tasks = executor.map_array(NotebookTask(), jobs, [kernel] * len(jobs))
