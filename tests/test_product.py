@@ -13,6 +13,7 @@ from covid_mobilenet.analysis.results import best_run
 from covid_mobilenet.bench.quantization import measure_quantization
 from covid_mobilenet.common.files import file_sha256
 from covid_mobilenet.product import export, litert, model_card, predict
+from tests.conftest import PROJECT
 
 
 @pytest.fixture(scope="module")
@@ -105,6 +106,30 @@ def test_predict_reads_every_image_kind_names_a_broken_file_and_searches_folders
     overlays = sorted((tmp_path / "heatmaps").glob("*.gradcam.png"))
     assert len(overlays) == 6 and sorted(map(str, overlays)) == sorted(table["gradcam"])
     assert table.loc[str(folder / "gray.png"), "gradcam"] != table.loc[str(folder / "nested" / "gray.png"), "gradcam"]
+
+
+def test_only_a_keras_file_is_loaded_and_never_runs_code_from_it(tmp_path, capsys):
+    """A model file is code's way in: an .h5 (whose safe_mode older Keras ignored) is refused before loading, and
+    a .keras file holding a Lambda (Python bytecode) is refused by safe_mode; the Keras installed has the fixes."""
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    floor = next(Requirement(line.split("#")[0]) for line in (PROJECT / "requirements.txt").read_text().splitlines()
+                 if line.startswith("keras"))
+    assert "3.11.3" in floor.specifier and "3.11.2" not in floor.specifier and "3.9.0" not in floor.specifier
+    assert Version(keras.__version__) in floor.specifier
+    image = tmp_path / "image.png"
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(image)
+    legacy = tmp_path / "model.h5"
+    keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Flatten(), keras.layers.Dense(4)]).save(legacy)
+    assert predict.main([str(image), "--model", str(legacy)]) == 2
+    assert "only .keras files are loaded" in capsys.readouterr().err
+    crafted = tmp_path / "crafted.keras"
+    keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Lambda(lambda x: x * 2), keras.layers.Flatten(),
+                      keras.layers.Dense(4)]).save(crafted)
+    assert predict.main([str(image), "--model", str(crafted)]) == 2
+    err = capsys.readouterr().err
+    assert "cannot be loaded as a Keras model" in err and "safe_mode" in err
 
 
 def test_predict_without_a_model_says_how_to_get_one(tmp_path, capsys):

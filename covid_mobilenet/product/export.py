@@ -95,7 +95,7 @@ def export_run(run: Path, out: Path | None = None, *, threads: int = 1, calibrat
     out = Path(out) if out is not None else run / EXPORT_FOLDER
     out.mkdir(parents=True, exist_ok=True)
     class_names, image_size = metrics["dataset"]["class_names"], metrics["params"]["image_size"]
-    model = keras.saving.load_model(run / MODEL_FILE, compile=False)
+    model = keras.saving.load_model(run / MODEL_FILE, compile=False, safe_mode=True)  # no code from the file is run
 
     test = split[split["split"] == "test"].sort_values("path")
     train = split[split["split"] == "train"].sort_values("path")

@@ -52,8 +52,11 @@ def load_trained(run: Path | None = None, model_file: Path | None = None) -> Tra
     model_file = Path(model_file)
     if not model_file.is_file():
         raise PredictError(f"Model file {model_file} does not exist.")
+    if model_file.suffix != ".keras":
+        raise PredictError(f"Model file {model_file}: only .keras files are loaded (Keras' own format, read with safe_mode "
+                           "on, so that a model file cannot run code); save the model with model.save('model.keras').")
     try:
-        model = keras.saving.load_model(model_file, compile=False)
+        model = keras.saving.load_model(model_file, compile=False, safe_mode=True)  # no code from the file is run
     except Exception as exc:
         raise PredictError(f"{model_file} cannot be loaded as a Keras model: {str(exc).strip()[:300]}") from None
     metrics_file = model_file.parent / METRICS_FILE
