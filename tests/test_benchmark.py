@@ -51,3 +51,11 @@ def test_the_benchmark_measures_and_writes_every_figure(tmp_path, monkeypatch, c
     assert bench["settings"]["run"] is None
     printed = capsys.readouterr().out
     assert "pipeline_speedup" in printed and "fast_sweep_speedup" in printed and str(output) in printed
+
+
+def test_the_full_size_memory_check_runs_and_reads_its_run(tiny_root, tmp_path):
+    """Trains: one fast configuration through run_all.py, as --full-size does, here on 100 images at 32 px."""
+    result = sweeps.measure_full_size(tiny_root, 32)
+    assert result["images"] == 100 and result["image_size"] == 32 and result["epochs"] == sweeps.FULL_SIZE_EPOCHS
+    assert 0 < result["peak_rss_gib"] < 24 and result["feature_seconds"] > 0 and result["wall_seconds"] > result["train_seconds"]
+    assert "--set weights=None" in result["command"] and f"--data-dir {tiny_root}" in result["command"]

@@ -14,6 +14,7 @@ import keras
 
 from ..common.config import experiment_parameters, load_config
 from ..common.paths import PROJECT_ROOT
+from ..common.run_layout import METRICS_FILE, seed_folder
 from ..run.params import notebook_defaults
 from ..run.steps import run_experiment
 
@@ -47,17 +48,25 @@ def measure_fast_sweep(root: Path, image_size: int, batch_size: int, epochs: int
             "configurations": len(config["experiments"])}
 
 
+FULL_SIZE_EPOCHS = 6
+
+
 def measure_full_size(root: Path, image_size: int) -> dict:
-    """One fast configuration on ``root``, a generated set of the real size, run by run_all.py in its own kernel."""
+    """One fast configuration on ``root``, a generated set of the real size, run by run_all.py in its own kernel.
+
+    Its backbone has random weights (``weights=None``) and it trains FULL_SIZE_EPOCHS epochs: the memory of a run
+    does not depend on the weights' values, and the demo's own backbone would first be pretrained at this size."""
+    seed = notebook_defaults()["seed"]
     with tempfile.TemporaryDirectory() as scratch:
         command = [
             sys.executable, str(PROJECT_ROOT / "run_all.py"), "--demo", "--fast", "--only", "mn_resultset1", "--force",
-            "--data-dir", str(root), "--image-size", str(image_size), "--jobs", "1",
+            "--data-dir", str(root), "--image-size", str(image_size), "--epochs", str(FULL_SIZE_EPOCHS), "--jobs", "1",
             "--results-dir", f"{scratch}/results", "--graph-dir", f"{scratch}/Graph", "--set", f"feature_dir={scratch}/features",
+            "--set", "weights=None",
         ]
         started = time.perf_counter()
         subprocess.run(command, check=True, cwd=PROJECT_ROOT)
-        metrics = json.loads((Path(scratch) / "results" / "mn_resultset1" / "metrics.json").read_text())
+        metrics = json.loads((Path(scratch) / "results" / "mn_resultset1" / seed_folder(seed) / METRICS_FILE).read_text())
     result = {
         "images": metrics["dataset"]["total_images"],
         "image_size": image_size,
