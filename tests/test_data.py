@@ -75,7 +75,8 @@ def test_bad_files_are_skipped_and_named(demo_root):
     assert set(skipped) == set(bad)
     assert skipped["COVID/images/empty.png"] == "empty file (0 bytes)"
     assert "not an image file (.txt)" in skipped["COVID/images/notes.txt"]
-    assert "decoded" in skipped["COVID/images/truncated.png"]
+    assert "PNG cut short" in skipped["COVID/images/truncated.png"]
+    assert "cannot be decoded as an image" in skipped["COVID/images/text.png"]
     assert not set(index.images["path"]) & set(bad)
     report = index.report()
     assert all(path in report for path in bad)
@@ -289,3 +290,71 @@ def test_split_table_is_saved_atomically(demo_root, tmp_path):
     assert list(saved.columns) == ["path", "label", "split"]
     assert split_hash(saved) == split.sha256
     assert not list(path.parent.glob(".*.tmp"))
+
+
+def odd_image_files(folder: Path) -> dict[str, Path]:
+    """Files the scan and the training decoder have disagreed on, and their ordinary neighbours."""
+    import struct
+    import zlib
+
+    pixels = (np.random.default_rng(0).uniform(size=(40, 40)) * 255).astype(np.uint8)
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {name: folder / name for name in (
+        "gray.png", "palette_transparent.png", "gray_alpha.png", "sixteen_bit.png", "cmyk.jpg", "progressive.jpg",
+        "png_cut_short.png", "jpeg_cut_short.jpg", "jpeg_without_end_marker.jpg", "png_without_iend.png",
+        "png_unknown_critical_chunk.png", "png_bad_text_chunk.png", "png_bad_idat_crc.png", "png_trailing_bytes.png",
+        "jpeg_trailing_bytes.jpg", "gif_named_png.png", "bmp_named_png.png")}
+    Image.fromarray(pixels, "L").save(files["gray.png"])
+    Image.fromarray(pixels, "L").convert("P").save(files["palette_transparent.png"], transparency=0)
+    Image.fromarray(np.stack([pixels, pixels], -1), "LA").save(files["gray_alpha.png"])
+    Image.fromarray(pixels.astype(np.uint16) * 257).save(files["sixteen_bit.png"])
+    Image.fromarray(np.stack([pixels] * 4, -1), "RGBA").convert("CMYK").save(files["cmyk.jpg"])
+    Image.fromarray(np.stack([pixels] * 3, -1), "RGB").save(files["progressive.jpg"], progressive=True)
+    png, jpeg = files["gray.png"].read_bytes(), files["progressive.jpg"].read_bytes()
+
+    def chunk(kind: bytes, body: bytes, crc: int | None = None) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) if crc is None else crc)
+
+    after_header = png.find(b"IDAT") - 4
+    damaged = bytearray(png)
+    damaged[png.find(b"IDAT") + 10] ^= 0xFF
+    files["png_cut_short.png"].write_bytes(png[: len(png) * 2 // 3])
+    files["jpeg_cut_short.jpg"].write_bytes(jpeg[: len(jpeg) * 2 // 3])
+    files["jpeg_without_end_marker.jpg"].write_bytes(jpeg[:-2])
+    files["png_without_iend.png"].write_bytes(png[:-12])
+    files["png_unknown_critical_chunk.png"].write_bytes(png[:after_header] + chunk(b"ABCD", b"xx") + png[after_header:])
+    files["png_bad_text_chunk.png"].write_bytes(png[:after_header] + chunk(b"tEXt", b"k\0v", crc=1) + png[after_header:])
+    files["png_bad_idat_crc.png"].write_bytes(bytes(damaged))
+    files["png_trailing_bytes.png"].write_bytes(png + b"trailing" * 20)
+    files["jpeg_trailing_bytes.jpg"].write_bytes(jpeg + b"trailing" * 20)
+    Image.fromarray(pixels, "L").save(files["gif_named_png.png"], format="GIF")
+    Image.fromarray(pixels, "L").save(files["bmp_named_png.png"], format="BMP")
+    return files
+
+
+def test_the_scan_accepts_exactly_what_the_training_decoder_reads(tmp_path):
+    """Every odd file is accepted by both or refused by both, the scan saying why (the first eight used to pass
+    the scan and fail in training, or the other way round)."""
+    import tensorflow as tf
+
+    from covid_mobilenet.data.pipeline import load_image
+    from covid_mobilenet.data.scan import inspect_image
+
+    verdicts = {}
+    for name, path in odd_image_files(tmp_path / "odd").items():
+        _, reason = inspect_image(path)
+        try:
+            load_image(tf.constant(str(path)), 32).numpy()
+            decoded = True
+        except tf.errors.OpError:
+            decoded = False
+        verdicts[name] = (reason is None, decoded, reason)
+    disagreements = {name: v for name, v in verdicts.items() if v[0] != v[1]}
+    assert not disagreements, disagreements
+    accepted = sorted(name for name, (ok, _, _) in verdicts.items() if ok)
+    assert accepted == sorted(["gray.png", "palette_transparent.png", "gray_alpha.png", "sixteen_bit.png", "cmyk.jpg",
+                               "progressive.jpg", "png_bad_text_chunk.png", "png_trailing_bytes.png", "jpeg_trailing_bytes.jpg"])
+    assert "without its end-of-image marker" in verdicts["jpeg_without_end_marker.jpg"][2]
+    assert "without its IEND chunk" in verdicts["png_without_iend.png"][2]
+    assert "unknown critical chunk 'ABCD'" in verdicts["png_unknown_critical_chunk.png"][2]
+    assert "is a GIF file" in verdicts["gif_named_png.png"][2] and "is a BMP file" in verdicts["bmp_named_png.png"][2]

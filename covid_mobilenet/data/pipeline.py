@@ -15,6 +15,7 @@ from typing import Callable
 
 import tensorflow as tf
 
+from .image_files import JPEG_START, PNG_SIGNATURE
 from .layout import SPLITS
 from .masks import THRESHOLD
 from .split import Split
@@ -23,8 +24,13 @@ AUTOTUNE = tf.data.AUTOTUNE
 
 
 def load_image(path: tf.Tensor, image_size: int) -> tf.Tensor:
-    """Read one file into a (image_size, image_size, 3) uint8 tensor."""
+    """Read one file into a (image_size, image_size, 3) uint8 tensor; a file that is not PNG or JPEG by its content
+    is refused, as the scan refuses it (``image_files.py``)."""
     raw = tf.io.read_file(path)
+    is_png = tf.equal(tf.strings.substr(raw, 0, len(PNG_SIGNATURE)), PNG_SIGNATURE)
+    is_jpeg = tf.equal(tf.strings.substr(raw, 0, len(JPEG_START)), JPEG_START)
+    with tf.control_dependencies([tf.debugging.Assert(is_png | is_jpeg, ["neither a PNG nor a JPEG file:", path])]):
+        raw = tf.identity(raw)
     # decode_image reads PNG or JPEG by content, drops alpha, repeats gray to 3 channels
     # and scales 16-bit samples down to 8 bits.
     image = tf.io.decode_image(raw, channels=3, dtype=tf.uint8, expand_animations=False)

@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image
 
+from .image_files import decodable_bytes, image_kind
 from .layout import (EXPECTED_LAYOUT, HOW_TO_GET_DATA, IMAGE_SUFFIXES, STUDY_CLASSES, DatasetError, class_image_folder,
                      is_hidden, visible_subfolders)
 from .locate import find_dataset_root
@@ -106,15 +107,26 @@ def inspect_image(path: Path) -> tuple[str | None, str | None]:
         return None, f"cannot be read ({exc.strerror or exc})"
     if not data:
         return None, "empty file (0 bytes)"
+    if image_kind(data) is None:
+        return None, _other_content(data)
+    decodable, problem = decodable_bytes(data)  # the training decoder's rules (image_files.py)
+    if problem:
+        return None, problem
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            image_format = image.format
+        with Image.open(io.BytesIO(decodable)) as image:
             image.load()  # decodes every pixel: catches truncated and corrupt files
     except Exception as exc:
         return None, f"cannot be decoded as an image ({str(exc).strip() or type(exc).__name__})"
-    if image_format not in ("PNG", "JPEG"):
-        return None, f"is a {image_format} file; only PNG and JPEG are read"
     return hashlib.sha256(data).hexdigest(), None
+
+
+def _other_content(data: bytes) -> str:
+    """Why a file that is neither PNG nor JPEG by its content is refused, naming what it is when Pillow knows."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return f"is a {image.format} file; only PNG and JPEG are read"
+    except Exception as exc:
+        return f"cannot be decoded as an image ({str(exc).strip() or type(exc).__name__})"
 
 
 def _relative(file: Path, root: Path) -> str:
