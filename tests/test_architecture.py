@@ -114,8 +114,8 @@ def test_the_notebook_and_run_experiment_make_the_same_calls_in_the_same_order()
     functions = {node.name: node for node in module.body if isinstance(node, ast.FunctionDef)}
     in_function = [name for name in calls_on(functions["run_experiment"], None) if name in functions]
     in_notebook = notebook_steps(EXPERIMENT_NOTEBOOK)
-    assert in_notebook == ["check", "setup", "prepare_data", "build", "train", "split_predictions", "full_model",
-                           "look_for_shortcuts", "evaluate", "save_outputs"]
+    assert in_notebook == ["check", "setup", "prepare_data", "build", "train", "recalibrate_batchnorm", "split_predictions",
+                           "full_model", "look_for_shortcuts", "evaluate", "save_outputs"]
     assert in_function == in_notebook
 
 

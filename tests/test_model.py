@@ -105,3 +105,47 @@ def test_cached_imagenet_weights_need_no_network(monkeypatch, tmp_path):
     monkeypatch.setattr(socket, "create_connection", lambda *a, **k: pytest.fail("no connection expected"))
     ensure_weights_available("imagenet", 64)
     ensure_weights_available(None, 64)
+
+
+def test_recalibrated_batchnorm_holds_the_mean_of_the_batch_statistics_and_changes_no_weight():
+    from covid_mobilenet.model.batchnorm import recalibrate
+
+    inputs = keras.Input((4,))
+    inner = keras.Sequential([keras.Input((3,)), keras.layers.BatchNormalization(momentum=0.99, name="nested_bn")])
+    outputs = inner(keras.layers.BatchNormalization(momentum=0.99, name="outer_bn")(keras.layers.Dense(3, name="dense")(inputs)))
+    model = keras.Model(inputs, outputs)
+    rng = np.random.default_rng(0)
+    batches = [(rng.normal(5, 2, (8, 4)).astype("float32"), np.zeros(8, "int32")) for _ in range(3)]
+    for layer in ("outer_bn",):
+        model.get_layer(layer).moving_mean.assign(np.full(3, 100.0, "float32"))  # stale, as a pretrained backbone's
+    weights = [w.copy() for w in model.get_layer("dense").get_weights()]
+    assert recalibrate(model, batches) == 3
+    dense = [model.get_layer("dense")(x).numpy() for x, _ in batches]
+    outer = model.get_layer("outer_bn")
+    np.testing.assert_allclose(outer.moving_mean.numpy(), np.mean([d.mean(axis=0) for d in dense], axis=0), rtol=1e-5)
+    np.testing.assert_allclose(outer.moving_variance.numpy(), np.mean([d.var(axis=0) for d in dense], axis=0), rtol=1e-4)
+    assert inner.get_layer("nested_bn").moving_mean.numpy().std() > 0, "a nested model's BatchNorm too"
+    assert outer.momentum == 0.99, "the momentum is put back"
+    for before, after in zip(weights, model.get_layer("dense").get_weights()):
+        np.testing.assert_array_equal(before, after)
+
+
+def test_a_model_that_answers_one_class_on_stale_statistics_answers_as_in_training_once_recalibrated():
+    """The issue's failure, small: BatchNorm statistics far from the trained network's make inference mode answer one
+    class; after recalibration on the same images (one batch), inference mode equals the batch-statistics pass."""
+    from covid_mobilenet.model.batchnorm import _call, accuracy, batchnorm_layers, recalibrate
+
+    model = make(train_base=True)
+    for layer in batchnorm_layers(model):
+        layer.moving_mean.assign(layer.moving_mean + 3.0)
+        layer.moving_variance.assign(layer.moving_variance * 1e-3)
+    images = np.random.default_rng(1).integers(0, 60, (16, 32, 32, 3)).astype("uint8")  # mostly dark images
+    batch = [(images, np.arange(16) % 4)]
+    stale = model.predict(images, verbose=0)
+    assert len(set(stale.argmax(axis=1))) == 1, "on stale statistics every image gets one class"
+    on_batch_statistics = _call(model, images).numpy()  # BatchNorm on this batch's statistics, Dropout off
+    assert len(set(on_batch_statistics.argmax(axis=1))) > 1
+    assert recalibrate(model, batch) == 1
+    recalibrated = model.predict(images, verbose=0)
+    np.testing.assert_allclose(recalibrated, on_batch_statistics, atol=1e-4)
+    assert accuracy(model, batch) == accuracy(model, batch, batchnorm_training=True)

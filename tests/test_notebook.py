@@ -108,6 +108,12 @@ def test_metrics_are_complete_and_consistent(finished_run, tiny_root):
                 "images_per_second", "epochs_run", "environment"):
         assert key in metrics, key
     assert metrics["params"]["image_size"] == 64 and metrics["params"]["weights"] == params["weights"]
+    # the backbone trained: its BatchNorm statistics were recomputed on the training images, validation before and after
+    batchnorm = metrics["batchnorm"]
+    assert batchnorm["recalibrated"] is True and batchnorm["train_batches"] == -(-sum(metrics["dataset"]["counts"]["train"].values()) // 16)
+    assert all(0 <= batchnorm[key] <= 1 for key in ("val_accuracy_before", "val_accuracy_after", "val_accuracy_on_batch_statistics"))
+    assert batchnorm["val_accuracy_after"] == pytest.approx(metrics["val"]["accuracy"]), "the predictions are the recalibrated model's"
+    assert ("warning" in batchnorm) == (abs(batchnorm["val_accuracy_on_batch_statistics"] - batchnorm["val_accuracy_after"]) > 0.05)
     dataset = metrics["dataset"]
     assert dataset["demo"] is True and dataset["skipped"] == []
     assert dataset["class_names"] == ["COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"]

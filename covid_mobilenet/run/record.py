@@ -16,7 +16,7 @@ from ..data.masks import REGION_LABELS
 
 
 def metrics_record(model: keras.Model, data, predictions: dict[str, pd.DataFrame], params: dict, history: pd.DataFrame,
-                   runtime, shortcut_metrics: dict) -> dict:
+                   runtime, checks: dict) -> dict:
     """The full record of a finished run (``data``: the run's PreparedData, ``runtime``: its Runtime)."""
     results = {}
     for subset, table in predictions.items():
@@ -55,7 +55,7 @@ def metrics_record(model: keras.Model, data, predictions: dict[str, pd.DataFrame
             "trainable_parameters": int(sum(keras.ops.size(w) for w in model.trainable_weights)),
         },
         **results,
-        **shortcut_metrics,  # "shortcuts" and "sources"
+        **checks,  # "shortcuts", "sources" and "batchnorm"
         "train_seconds": train_seconds,
         "seconds_per_epoch": train_seconds / epochs_run,
         "images_per_second": train_images * epochs_run / train_seconds,

@@ -25,7 +25,7 @@ from ..data.masks import restrict_to_masked
 from ..data.pipeline import SplitPipelines, split_pipelines
 from ..data.scan import ImageIndex, scan_dataset
 from ..data.split import Split, split_images
-from ..model import training
+from ..model import batchnorm, training
 from ..model.features import FeatureCache, cached_features
 from ..model.inference import predicted_probabilities
 from ..model.runtime import Runtime, configure
@@ -112,6 +112,30 @@ def train(model: keras.Model, data: PreparedData, params: dict) -> pd.DataFrame:
                         tensorboard=folder / TENSORBOARD_FOLDER, params=params)
 
 
+BATCHNORM_GAP_WARNING = 0.05  # validation accuracy on batch statistics against the moving ones, beyond which a run warns
+
+
+def recalibrate_batchnorm(model: keras.Model, data: PreparedData, params: dict) -> dict:
+    """When the backbone trained: its BatchNorm statistics recomputed on the training images (``model/batchnorm.py``),
+    with the validation accuracy before and after, and on batch statistics; a warning when those disagree."""
+    if data.features is not None or not params["train_base"]:
+        return {"recalibrated": False, "reason": "frozen backbone: its BatchNorm statistics are the pretrained ones, "
+                                                 "as in training"}
+    val = data.pipelines.batches("val")
+    before = batchnorm.accuracy(model, val)
+    on_batches = batchnorm.accuracy(model, val, batchnorm_training=True)
+    batches = batchnorm.recalibrate(model, data.pipelines.batches("train"))
+    after = batchnorm.accuracy(model, val)
+    record = {"recalibrated": True, "train_batches": batches, "val_accuracy_before": before, "val_accuracy_after": after,
+              "val_accuracy_on_batch_statistics": on_batches}
+    if abs(on_batches - after) > BATCHNORM_GAP_WARNING:
+        record["warning"] = (f"validation accuracy {on_batches:.3f} on batch statistics against {after:.3f} in inference "
+                             "mode after recalibrating: BatchNorm's statistics do not describe these images; a lower "
+                             "batchnorm_momentum, more data or a frozen backbone may help")
+        print(f"Warning: {record['warning']}")
+    return record
+
+
 def split_predictions(model: keras.Model, data: PreparedData) -> dict[str, pd.DataFrame]:
     """Every image's true class, predicted class and class probabilities, per subset, in split order."""
     tables = {}
@@ -147,9 +171,10 @@ def look_for_shortcuts(whole: keras.Model, data: PreparedData, predictions: dict
 
 
 def evaluate(model: keras.Model, data: PreparedData, predictions: dict[str, pd.DataFrame], params: dict,
-             history: pd.DataFrame, runtime: Runtime, analysis: ShortcutAnalysis) -> dict:
+             history: pd.DataFrame, runtime: Runtime, analysis: ShortcutAnalysis, batchnorm_record: dict) -> dict:
     """The full metrics record of a finished run (``run/record.py``)."""
-    return record.metrics_record(model, data, predictions, params, history, runtime, analysis.metrics)
+    return record.metrics_record(model, data, predictions, params, history, runtime,
+                                 {**analysis.metrics, "batchnorm": batchnorm_record})
 
 
 def save_outputs(metrics: dict, predictions: dict[str, pd.DataFrame], history: pd.DataFrame, params: dict,
@@ -171,6 +196,7 @@ class Experiment:
     predictions: dict[str, pd.DataFrame]
     whole: keras.Model
     analysis: ShortcutAnalysis
+    batchnorm: dict
     metrics: dict
     paths: dict[str, Path]
 
@@ -182,9 +208,10 @@ def run_experiment(namespace: Mapping[str, Any], *, devices: list[str] | None = 
     data = prepare_data(params, runtime)
     model = build(params, data, runtime)
     history = train(model, data, params)
+    batchnorm_record = recalibrate_batchnorm(model, data, params)
     predictions = split_predictions(model, data)
     whole = full_model(model, data, params)
     analysis = look_for_shortcuts(whole, data, predictions, params, runtime)
-    metrics = evaluate(model, data, predictions, params, history, runtime, analysis)
+    metrics = evaluate(model, data, predictions, params, history, runtime, analysis, batchnorm_record)
     paths = save_outputs(metrics, predictions, history, params, analysis, whole, data)
-    return Experiment(params, runtime, data, model, history, predictions, whole, analysis, metrics, paths)
+    return Experiment(params, runtime, data, model, history, predictions, whole, analysis, batchnorm_record, metrics, paths)
