@@ -95,13 +95,14 @@ def private_folder(folder: Path) -> Path:
 def _executor(results_dir: Path, options: SlurmOptions, mode_name: str, *, dry_run: bool = False):
     import submitit
 
-    executor_class = submitit.SlurmExecutor
-    if dry_run:  # submitit refuses to start where srun is missing; the script it would write needs no Slurm
-        class executor_class(submitit.SlurmExecutor):  # noqa: N801
-            @classmethod
-            def affinity(cls) -> int:
-                return 1
+    class DryRunExecutor(submitit.SlurmExecutor):
+        """submitit refuses to start where srun is missing; the script it would write needs no Slurm."""
 
+        @classmethod
+        def affinity(cls) -> int:
+            return 1
+
+    executor_class = DryRunExecutor if dry_run else submitit.SlurmExecutor
     executor = executor_class(folder=slurm_folder(results_dir) / "%j", max_num_timeout=3)
     executor.update_parameters(
         job_name=f"covid-mobilenet-{mode_name}",  # covid-mobilenet-real or -demo in squeue
