@@ -4,13 +4,18 @@
 #   sudo scripts/local_slurm.sh install   Debian's packages: slurm-wlm, munge, slurmdbd, mariadb-server
 #   sudo scripts/local_slurm.sh start     munged, MariaDB, slurmdbd, slurmctld and slurmd; waits until the
 #                                         node is idle and sacct answers (about 15 s)
-#   sudo scripts/local_slurm.sh stop      stops them again (the packages and the accounting database stay)
+#   sudo scripts/local_slurm.sh stop      stops the daemons it started, by their pid files (the packages and the
+#                                         accounting database stay); a munged, MariaDB or Slurm it did not start
+#                                         is never touched
 #   scripts/local_slurm.sh status         sinfo and sacct, as a user sees them
 #
 # Accounting is not optional: submitit reads job states with sacct; without slurmdbd every state is UNKNOWN
 # and a cancelled task is never reported. Runs as root, needs no cgroups (proctrack/linuxproc,
 # task/none). The configuration goes to /etc/slurm/ (where sbatch looks for it); an existing
-# slurm.conf that this script did not write is never touched. Logs and state: $LOCAL_SLURM_DIR.
+# slurm.conf that this script did not write is never touched. Its accounting database and database user are
+# its own (covid_mobilenet_*), and it sets that user's password each start, so a MariaDB that already has a
+# `slurm` user from another set-up is no obstacle. Logs, state and the pid files of what it started:
+# $LOCAL_SLURM_DIR.
 set -euo pipefail
 
 STATE=${LOCAL_SLURM_DIR:-/var/tmp/covid-mobilenet-slurm}
@@ -18,6 +23,9 @@ CONF_DIR=/etc/slurm
 MARK="# written by covid-mobilenet scripts/local_slurm.sh"
 HOST=$(hostname -s)
 DB_PASSWORD=slurmdbd-local
+DB_USER=covid_mobilenet_slurmdbd
+DB_NAME=covid_mobilenet_slurm_acct
+STARTED="$STATE/run/started"  # one line per daemon this script started: munged, mariadb, slurmdbd, slurmctld, slurmd
 
 die() { echo "local_slurm.sh: $*" >&2; exit 1; }
 trap 'echo "local_slurm.sh: line $LINENO failed: $BASH_COMMAND (logs: $STATE/log)" >&2' ERR
@@ -86,9 +94,9 @@ DbdHost=localhost
 SlurmUser=root
 StorageType=accounting_storage/mysql
 StorageHost=localhost
-StorageUser=slurm
+StorageUser=$DB_USER
 StoragePass=$DB_PASSWORD
-StorageLoc=slurm_acct_db
+StorageLoc=$DB_NAME
 PidFile=$STATE/run/slurmdbd.pid
 LogFile=$STATE/log/slurmdbd.log
 EOF
@@ -104,44 +112,74 @@ start() {
     [ -s /etc/munge/munge.key ] || mungekey --create --keyfile /etc/munge/munge.key
     chown munge:munge /etc/munge/munge.key && chmod 400 /etc/munge/munge.key
     mkdir -p /run/munge /var/log/munge /var/lib/munge && chown munge:munge /run/munge /var/log/munge /var/lib/munge
-    pgrep -x munged >/dev/null || runuser -u munge -- /usr/sbin/munged
+    if ! pgrep -x munged >/dev/null; then
+        runuser -u munge -- /usr/sbin/munged
+        started munged /run/munge/munged.pid
+    fi
     wait_for 10 munged munge -n
 
     mkdir -p /run/mysqld && chown mysql:mysql /run/mysqld
+    local mariadb_started=
     if ! mysqladmin ping >/dev/null 2>&1; then
         (mysqld_safe >"$STATE/log/mysqld_safe.log" 2>&1 &)
+        mariadb_started=1
     fi
     wait_for 60 MariaDB mysqladmin ping
+    # its own pid file (the server runs as mysql and writes it where Debian's configuration says)
+    [ -z "$mariadb_started" ] || started mariadb "$(mysql -u root -N -e 'SELECT @@pid_file')"
     mysql -u root <<EOF
-CREATE DATABASE IF NOT EXISTS slurm_acct_db;
-CREATE USER IF NOT EXISTS 'slurm'@'localhost' IDENTIFIED BY '$DB_PASSWORD';
-GRANT ALL ON slurm_acct_db.* TO 'slurm'@'localhost';
+CREATE DATABASE IF NOT EXISTS $DB_NAME;
+CREATE USER IF NOT EXISTS '$DB_USER'@'localhost' IDENTIFIED BY '$DB_PASSWORD';
+ALTER USER '$DB_USER'@'localhost' IDENTIFIED BY '$DB_PASSWORD';
+GRANT ALL ON $DB_NAME.* TO '$DB_USER'@'localhost';
 FLUSH PRIVILEGES;
 EOF
 
-    pgrep -x slurmdbd >/dev/null || slurmdbd
+    if ! pgrep -x slurmdbd >/dev/null; then slurmdbd; started slurmdbd "$STATE/run/slurmdbd.pid"; fi
     wait_for 30 slurmdbd sacctmgr -n list cluster
     clusters=$(sacctmgr -n -P list cluster format=cluster)
     grep -qx localcluster <<<"$clusters" || sacctmgr -i add cluster localcluster >/dev/null
 
-    pgrep -x slurmctld >/dev/null || slurmctld
-    pgrep -x slurmd >/dev/null || slurmd -N "$HOST"
+    if ! pgrep -x slurmctld >/dev/null; then slurmctld; started slurmctld "$STATE/run/slurmctld.pid"; fi
+    if ! pgrep -x slurmd >/dev/null; then slurmd -N "$HOST"; started slurmd "$STATE/run/slurmd.pid"; fi
     wait_for 60 "the node" bash -c "sinfo -h -N -o %T | grep -qx idle"
     wait_for 30 sacct sacct -n -X
     echo "local Slurm is up: node $HOST idle, partition debug, accounting answering"
 }
 
+started() {  # started DAEMON PIDFILE: note that this script started it, so that stop stops it and nothing else
+    mkdir -p "$STATE/run"
+    grep -v "^$1 " "$STARTED" 2>/dev/null > "$STARTED.new" || true
+    echo "$1 $2" >> "$STARTED.new" && mv "$STARTED.new" "$STARTED"
+}
+
+alive() {  # alive PID: the process runs (a zombie, ended but not yet reaped by its parent, does not)
+    local state
+    state=$(ps -o stat= -p "$1" 2>/dev/null) || return 1
+    [[ $state != Z* ]]
+}
+
+ours() {  # ours DAEMON: the pid in the pid file noted when this script started it, while that process still runs
+    local pidfile pid
+    pidfile=$(awk -v d="$1" '$1 == d {print $2}' "$STARTED" 2>/dev/null)
+    [ -n "$pidfile" ] || return 1
+    for _ in $(seq 20); do [ -s "$pidfile" ] && break; sleep 0.25; done
+    pid=$(head -n1 "$pidfile" 2>/dev/null | tr -dc 0-9)
+    [ -n "$pid" ] && alive "$pid" || return 1
+    echo "$pid"
+}
+
 stop() {
     need_root stop
-    for daemon in slurmd slurmctld slurmdbd; do
-        pkill -x "$daemon" 2>/dev/null || true
+    local daemon pid
+    for daemon in slurmd slurmctld slurmdbd mariadb munged; do
+        if pid=$(ours "$daemon"); then
+            kill "$pid"
+            for _ in $(seq 80); do alive "$pid" || break; sleep 0.25; done
+        fi
+        if [ -f "$STARTED" ]; then grep -v "^$daemon " "$STARTED" > "$STARTED.new" || true; mv "$STARTED.new" "$STARTED"; fi
     done
-    for daemon in slurmd slurmctld slurmdbd; do
-        for _ in $(seq 40); do pgrep -x "$daemon" >/dev/null || break; sleep 0.25; done
-    done
-    mysqladmin shutdown 2>/dev/null || true
-    pkill -x munged 2>/dev/null || true
-    echo "local Slurm stopped"
+    echo "local Slurm stopped (the daemons it had started; nothing else)"
 }
 
 status() {

@@ -367,3 +367,40 @@ def test_without_sbatch_the_slurm_backend_says_what_to_do(tmp_path, tiny_root, m
     monkeypatch.setattr(slurm.shutil, "which", lambda command: None)
     with pytest.raises(slurm.SlurmError, match="sbatch, sacct, squeue, scancel not found.*local_slurm.sh"):
         slurm.check_slurm_available()
+
+
+def test_local_slurm_stop_stops_only_the_daemons_it_started(tmp_path):
+    """scripts/local_slurm.sh stop kills by its own pid files: a daemon of the same name it did not start (another
+    Slurm's, here a decoy named slurmd) is left alone. Runs against a state folder of its own, not the test cluster's."""
+    if os.geteuid() != 0:
+        pytest.skip("local_slurm.sh stop needs root")
+    state = tmp_path / "state"
+    (state / "run").mkdir(parents=True)
+    decoy = tmp_path / "bin" / "slurmd"
+    decoy.parent.mkdir()
+    shutil.copy("/bin/sleep", decoy)
+    ours, theirs = subprocess.Popen([str(decoy), "300"]), subprocess.Popen([str(decoy), "300"])
+    try:
+        (state / "run" / "slurmd.pid").write_text(f"{ours.pid}\n")
+        (state / "run" / "started").write_text(f"slurmd {state / 'run' / 'slurmd.pid'}\n")
+        done = subprocess.run(["bash", "scripts/local_slurm.sh", "stop"], cwd=PROJECT, capture_output=True, text=True,
+                              timeout=60, env={**os.environ, "LOCAL_SLURM_DIR": str(state)})
+        assert done.returncode == 0, done.stderr
+        assert ours.wait(timeout=10) is not None, "the slurmd it started is stopped"
+        assert theirs.poll() is None, "a slurmd it did not start is left alone"
+        assert (state / "run" / "started").read_text() == ""
+    finally:
+        for process in (ours, theirs):
+            process.kill()
+            process.wait()
+
+
+@pytest.mark.slurm
+def test_the_local_cluster_keeps_its_own_accounting_database_and_user(slurm):
+    """Its database user and database are its own (another set-up's `slurm` user, with another password, is no
+    obstacle), and slurmdbd logs in with the password the script set."""
+    conf = dict(line.split("=", 1) for line in Path("/etc/slurm/slurmdbd.conf").read_text().splitlines() if "=" in line)
+    assert (conf["StorageUser"], conf["StorageLoc"]) == ("covid_mobilenet_slurmdbd", "covid_mobilenet_slurm_acct")
+    login = subprocess.run(["mysql", "-u", conf["StorageUser"], f"-p{conf['StoragePass']}", "-N", "-e", "SELECT 1",
+                            conf["StorageLoc"]], capture_output=True, text=True, timeout=30)
+    assert login.returncode == 0 and login.stdout.strip() == "1", login.stderr
