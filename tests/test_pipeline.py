@@ -96,3 +96,18 @@ def test_disk_cache_is_written_reused_and_recovers_from_an_interrupted_write(lev
         Path(path).unlink()
     again = decoded(paths, labels, image_size=16, cache_file=cache).batch(8)
     assert np.array_equal(first, np.concatenate([x.numpy() for x, _ in again]))
+
+
+def test_shuffled_batches_mix_the_split_in_epoch_zeros_order(tmp_path):
+    """BatchNorm's recalibration reads one shuffled pass: every example once, the order of training's epoch 0."""
+    import tensorflow as tf
+
+    from covid_mobilenet.data.pipeline import SplitPipelines
+
+    examples = tf.data.Dataset.from_tensor_slices((tf.range(40), tf.range(40) // 10))  # sorted by class, as the split
+    pipelines = SplitPipelines({"train": examples, "val": examples}, {"train": 40, "val": 40}, batch_size=8, seed=3)
+    shuffled = [int(x) for batch, _ in pipelines.shuffled_batches("val") for x in batch]
+    epoch_zero = [int(x) for batch, _ in pipelines.training_epochs(0, 1) for x in batch]
+    assert sorted(shuffled) == list(range(40)) and shuffled == epoch_zero and shuffled != list(range(40))
+    first = next(iter(pipelines.shuffled_batches("val")))[1].numpy()
+    assert len(set(first)) > 1, "a batch mixes the classes"

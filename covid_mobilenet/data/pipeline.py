@@ -118,6 +118,13 @@ class SplitPipelines:
     def steps_per_epoch(self) -> int:
         return math.ceil(self.sizes["train"] / self.batch_size)
 
+    def shuffled_batches(self, subset: str) -> tf.data.Dataset:
+        """One pass over a subset in a seeded random order (the order of epoch 0), batched as in training: batches that
+        mix the classes, as BatchNorm's batch statistics had them (the split table's order groups them by class)."""
+        return self._served(subset, shuffled_epochs(
+            self.examples[subset], size=self.sizes[subset], batch_size=self.batch_size, seed=self.seed, first_epoch=0, epochs=1,
+        ))
+
     def training_epochs(self, first_epoch: int, epochs: int) -> tf.data.Dataset:
         return self._served("train", shuffled_epochs(
             self.examples["train"], size=self.sizes["train"], batch_size=self.batch_size,

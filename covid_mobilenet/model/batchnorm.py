@@ -28,7 +28,8 @@ def batchnorm_layers(model: keras.Model) -> list[keras.layers.BatchNormalization
 
 def recalibrate(model: keras.Model, batches: tf.data.Dataset) -> int:
     """Set each BatchNorm layer's moving statistics to the mean of its batch statistics over ``batches`` of
-    (images, labels); the number of batches. Batch k gets momentum (k - 1) / k: a running mean, exactly."""
+    (images, labels); the number of batches. Batch k gets momentum (k - 1) / k: a running mean, exactly.
+    The batches should mix the classes as training's did: a batch of one class has a smaller variance."""
     layers = [layer for layer in batchnorm_layers(model) if layer.trainable]
     momenta = [layer.momentum for layer in layers]
     count = 0

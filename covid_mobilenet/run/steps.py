@@ -123,8 +123,9 @@ def recalibrate_batchnorm(model: keras.Model, data: PreparedData, params: dict) 
                                                  "as in training"}
     val = data.pipelines.batches("val")
     before = batchnorm.accuracy(model, val)
-    on_batches = batchnorm.accuracy(model, val, batchnorm_training=True)
-    batches = batchnorm.recalibrate(model, data.pipelines.batches("train"))
+    # batch statistics as training saw them: shuffled batches that mix the classes (split order groups them)
+    on_batches = batchnorm.accuracy(model, data.pipelines.shuffled_batches("val"), batchnorm_training=True)
+    batches = batchnorm.recalibrate(model, data.pipelines.shuffled_batches("train"))
     after = batchnorm.accuracy(model, val)
     record = {"recalibrated": True, "train_batches": batches, "val_accuracy_before": before, "val_accuracy_after": after,
               "val_accuracy_on_batch_statistics": on_batches}
