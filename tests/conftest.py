@@ -83,12 +83,15 @@ def tiny_backbone_config() -> Path:
     return path
 
 
+def with_test_backbone(args: tuple) -> tuple:
+    """run_all.py's arguments, with --config tiny_backbone_config() added to a --demo sweep that names none."""
+    return (*args, "--config", str(tiny_backbone_config())) if "--demo" in args and "--config" not in args else args
+
+
 def run_all(*args, timeout=600, **kwargs) -> subprocess.CompletedProcess:
     """run_all.py in a subprocess; a --demo sweep without its own --config gets tiny_backbone_config()."""
-    if "--demo" in args and "--config" not in args:
-        args = (*args, "--config", str(tiny_backbone_config()))
     return subprocess.run(
-        [sys.executable, "run_all.py", *args], cwd=PROJECT, capture_output=True, text=True, timeout=timeout, **kwargs
+        [sys.executable, "run_all.py", *with_test_backbone(args)], cwd=PROJECT, capture_output=True, text=True, timeout=timeout, **kwargs
     )
 
 
@@ -97,8 +100,7 @@ def run_all_here(*args) -> subprocess.CompletedProcess:
     A --demo sweep without its own --config gets tiny_backbone_config(), as with run_all()."""
     import run_all as driver
 
-    if "--demo" in args and "--config" not in args:
-        args = (*args, "--config", str(tiny_backbone_config()))
+    args = with_test_backbone(args)
     out, err = io.StringIO(), io.StringIO()
     with redirect_stdout(out), redirect_stderr(err):
         try:

@@ -121,13 +121,14 @@ class SplitPipelines:
     def shuffled_batches(self, subset: str) -> tf.data.Dataset:
         """One pass over a subset in a seeded random order (the order of epoch 0), batched as in training: batches that
         mix the classes, as BatchNorm's batch statistics had them (the split table's order groups them by class)."""
-        return self._served(subset, shuffled_epochs(
-            self.examples[subset], size=self.sizes[subset], batch_size=self.batch_size, seed=self.seed, first_epoch=0, epochs=1,
-        ))
+        return self._shuffled(subset, 0, 1)
 
     def training_epochs(self, first_epoch: int, epochs: int) -> tf.data.Dataset:
-        return self._served("train", shuffled_epochs(
-            self.examples["train"], size=self.sizes["train"], batch_size=self.batch_size,
+        return self._shuffled("train", first_epoch, epochs)
+
+    def _shuffled(self, subset: str, first_epoch: int, epochs: int) -> tf.data.Dataset:
+        return self._served(subset, shuffled_epochs(
+            self.examples[subset], size=self.sizes[subset], batch_size=self.batch_size,
             seed=self.seed, first_epoch=first_epoch, epochs=epochs,
         ))
 
