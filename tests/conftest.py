@@ -207,21 +207,30 @@ CLASSES = ["COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"]
 def write_finished_run(results: Path, name: str, seed: int = 42, *, correct=None, demo: bool = True,
                        hidden_layers: int = 1, dense_units: int = 8, learning_rate: float = 1e-4) -> Path:
     """A finished run's folder written by hand, as the notebook leaves it for the analyses: ``metrics.json`` (its
-    test block computed by the project's own metrics from the predictions) and ``predictions.csv``. Test image i
+    test and calibration blocks computed by the project's own analyses from the predictions) and ``predictions.csv``
+    (40 validation rows, then the test rows). Test image i
     is right when ``correct[i]``; for the summary's tests, which need no training."""
     import numpy as np
     import pandas as pd
 
+    from covid_mobilenet.analysis.calibration import calibrate
     from covid_mobilenet.analysis.metrics import classification_report, labels_and_probabilities
     from covid_mobilenet.analysis.uncertainty import single_run_intervals, wilson_interval
 
     correct = np.asarray(correct if correct is not None else np.arange(40) % 5 != 0)
-    truth = [CLASSES[i % 4] for i in range(len(correct))]
-    guess = [t if ok else CLASSES[(CLASSES.index(t) + 1) % 4] for t, ok in zip(truth, correct)]
-    rows = pd.DataFrame({"path": [f"{t}/images/{t}-{i}.png" for i, t in enumerate(truth)], "split": "test",
-                         "true": truth, "predicted": guess})
-    for name_ in CLASSES:
-        rows[f"p_{name_}"] = [0.7 if g == name_ else 0.1 for g in guess]
+
+    def predictions(split: str, correct: np.ndarray, first: int) -> pd.DataFrame:
+        truth = [CLASSES[i % 4] for i in range(len(correct))]
+        guess = [t if ok else CLASSES[(CLASSES.index(t) + 1) % 4] for t, ok in zip(truth, correct)]
+        rows = pd.DataFrame({"path": [f"{t}/images/{t}-{first + i}.png" for i, t in enumerate(truth)], "split": split,
+                             "true": truth, "predicted": guess})
+        for name_ in CLASSES:
+            rows[f"p_{name_}"] = [0.7 if g == name_ else 0.1 for g in guess]
+        return rows
+
+    rows = predictions("test", correct, 0)
+    val = predictions("val", np.arange(40) % 4 != 0, len(correct))
+    calibration, table = calibrate(pd.concat([val, rows], ignore_index=True), CLASSES)
     labels, probabilities = labels_and_probabilities(rows, CLASSES)
     test = classification_report(labels, probabilities, CLASSES)
     test["intervals"] = single_run_intervals(labels, probabilities.argmax(axis=1), 4)
@@ -243,9 +252,11 @@ def write_finished_run(results: Path, name: str, seed: int = 42, *, correct=None
         "sources": {"by_class_and_source": [{"class": c, "source": f"source-{c}", "images": n // 4, "correct": right // 4,
                                              "accuracy": right / n} for c in CLASSES], "images": n, "unknown_source": 0, "problems": []},
         "environment": {"device": "CPU: test", "git_commit": "0" * 40},
+        "calibration": calibration,
     }
     folder = results / name / f"seed-{seed}"
     folder.mkdir(parents=True, exist_ok=True)
-    rows.to_csv(folder / "predictions.csv", index=False)
+    table.to_csv(folder / "predictions.csv", index=False)
     (folder / "metrics.json").write_text(json.dumps(metrics))
     return folder
+

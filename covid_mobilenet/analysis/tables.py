@@ -7,6 +7,7 @@ import pandas as pd
 
 from ..common.config import experiment_parameters
 from . import comparison, shortcut_summary
+from .calibration_report import calibration_columns
 from .results import ExperimentResult
 from .text import format_duration
 
@@ -56,6 +57,7 @@ def summary_table(collected: dict[str, list[ExperimentResult]], config: dict,
                 "Study training seconds": reference.get("learning_seconds"),
             }
         )
+        rows[-1].update(calibration_columns([run.metrics["calibration"] for run in done if "calibration" in run.metrics]))
     looked_at = shortcut_summary.shortcut_table(collected).reindex(columns=["Model", *SHORTCUT_COLUMNS])
     return pd.DataFrame(rows).merge(looked_at, on="Model", how="left") if rows else pd.DataFrame(rows)
 

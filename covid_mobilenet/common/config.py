@@ -32,7 +32,31 @@ def load_config(path: str | os.PathLike = CONFIG_FILE) -> dict:
     for name, settings in experiments.items():
         if not isinstance(settings, dict) or not isinstance(settings.get("reference", {}), dict):
             raise ConfigError(f"Configuration file {path}: experiment {name} must be an object (its 'reference' too).")
+    calibration_settings(config, path)  # checked before any run starts
     return config
+
+
+DEFAULT_CALIBRATION = {"target_sensitivity": {"COVID": 0.95}, "target_accuracy": 0.98}
+
+
+def calibration_settings(config: dict, path: str | os.PathLike = CONFIG_FILE) -> dict:
+    """``calibration`` of experiments.json over its defaults: the sensitivity each named class's operating point
+    must reach on validation, and the accuracy the abstain threshold must reach there; each in (0, 1]."""
+    settings = {**DEFAULT_CALIBRATION, **config.get("calibration", {})}
+    unknown = sorted(set(settings) - set(DEFAULT_CALIBRATION) - {"description"})
+    targets = settings["target_sensitivity"]
+    problems = [f"unknown key(s) {unknown}; known: {sorted(DEFAULT_CALIBRATION)}"] if unknown else []
+    if not isinstance(targets, dict) or not all(isinstance(k, str) and _fraction(v) for k, v in targets.items()):
+        problems.append(f"target_sensitivity must map class names to numbers in (0, 1], not {targets!r}")
+    if not _fraction(settings["target_accuracy"]):
+        problems.append(f"target_accuracy must be a number in (0, 1], not {settings['target_accuracy']!r}")
+    if problems:
+        raise ConfigError(f"Configuration file {path}, 'calibration': " + "; ".join(problems) + ".")
+    return {name: value for name, value in settings.items() if name in DEFAULT_CALIBRATION}
+
+
+def _fraction(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value <= 1
 
 
 def experiment_parameters(settings: dict) -> dict:
