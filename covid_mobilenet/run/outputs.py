@@ -14,8 +14,8 @@ from matplotlib.ticker import MaxNLocator
 
 from ..common.files import atomic_path, file_sha256, save_figure, write_csv, write_json
 from ..common.paths import resolve_path
-from ..common.run_layout import (CONFUSION_FILE, GRADCAM_FILE, HISTORY_FILE, METRICS_FILE, MODEL_FILE, PREDICTIONS_FILE,
-                                 SHORTCUTS_FILE, TENSORBOARD_FOLDER, graph_name, remove_backup, run_dir)
+from ..common.run_layout import (CONFUSION_FILE, HISTORY_FILE, METRICS_FILE, MODEL_FILE, PREDICTIONS_FILE, SHORTCUTS_FILE,
+                                 TENSORBOARD_FOLDER, graph_name, remove_backup, run_dir)
 from .models import inference_copy
 
 PREDICTED_SUBSETS = ("val", "test")  # written to predictions.csv; train is only summarised
@@ -33,18 +33,20 @@ def save_model(whole: keras.Model, params: dict, class_names: list[str]) -> dict
             "class_names": class_names}
 
 
-def write_run_files(metrics: dict, predictions: dict[str, pd.DataFrame], history: pd.DataFrame, params: dict,
-                    shortcut_table: pd.DataFrame, gradcam_panel: Figure, whole: keras.Model) -> dict[str, Path]:
-    """Every file of the run, the model first (recorded in ``metrics["saved_model"]``), metrics.json last."""
+def write_run_files(metrics: dict, predictions: pd.DataFrame, history: pd.DataFrame, params: dict,
+                    shortcut_table: pd.DataFrame, figures: dict[str, Figure], whole: keras.Model) -> dict[str, Path]:
+    """Every file of the run, the model first (recorded in ``metrics["saved_model"]``), metrics.json last.
+
+    ``predictions``: the validation and test rows of predictions.csv; ``figures``: the run's own figures by file name
+    (Grad-CAM, reliability, risk-coverage)."""
     folder = run_dir(params)
     title = f"{params['experiment']} (seed {params['seed']})"
     metrics["saved_model"] = save_model(whole, params, metrics["dataset"]["class_names"])
     paths = {
         "model": folder / MODEL_FILE,
-        "predictions": write_csv(
-            folder / PREDICTIONS_FILE, pd.concat([predictions[subset] for subset in PREDICTED_SUBSETS], ignore_index=True)),
+        "predictions": write_csv(folder / PREDICTIONS_FILE, predictions),
         "shortcuts": write_csv(folder / SHORTCUTS_FILE, shortcut_table),
-        "gradcam": save_figure(gradcam_panel, folder / GRADCAM_FILE),
+        **{Path(name).stem: save_figure(figure, folder / name) for name, figure in figures.items()},
         "history": write_csv(folder / HISTORY_FILE, history),
         "confusion_matrix": save_figure(
             plot_confusion_matrix(metrics["test"]["confusion_matrix"], metrics["dataset"]["class_names"], title),

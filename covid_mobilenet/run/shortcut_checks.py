@@ -10,7 +10,8 @@ Nanni 2020). For every run, on its test images:
 - **the shortcut test at evaluation**: accuracy on the full images, with the lungs blacked out
   (``no_lungs``) and with only the lungs kept (``lungs``), beside the majority-class rate, all on
   the images that have a usable mask; a model far above that rate with no lungs reads
-  something else;
+  something else (on the full images these are the test predictions; the no-lungs
+  probabilities are kept, ``p_no_lungs_<class>``, to see how confident the model is without lungs);
 - **accuracy per class and source**, from the data set's metadata spreadsheets;
 - on the demo set, whose description names a planted marker, the Grad-CAM energy on it.
 
@@ -30,6 +31,7 @@ import tensorflow as tf
 from matplotlib.figure import Figure
 from scipy import stats
 
+from ..analysis.calibration import NO_LUNGS_PREFIX
 from ..analysis.uncertainty import wilson_interval
 from ..data import masks, sources
 from ..data.demo import DEMO_RECORD
@@ -64,8 +66,15 @@ def analyse(model: keras.Model, root: Path, test: pd.DataFrame, class_names: lis
     majority = table.loc[masked, "true"].value_counts(normalize=True)
     regions = {}
     for region in masks.REGIONS:
-        predicted = _predict(model, [paths[i] for i in masked], [mask_paths[i] for i in masked], image_size, region, batch_size)
-        table.loc[masked, f"predicted_{region}"] = [class_names[c] for c in predicted]
+        if region == "full" and input_region == "full":  # the test predictions themselves: no second pass
+            probabilities = test.loc[masked, [f"p_{name}" for name in class_names]].to_numpy(np.float64)
+        else:
+            probabilities = _predict(model, [paths[i] for i in masked], [mask_paths[i] for i in masked], image_size, region,
+                                     batch_size, len(class_names))
+        table.loc[masked, f"predicted_{region}"] = [class_names[c] for c in probabilities.argmax(axis=1)]
+        if region == "no_lungs":  # kept: how confident the model is without the lungs (analysis/calibration.py)
+            for i, name in enumerate(class_names):
+                table.loc[masked, f"{NO_LUNGS_PREFIX}{name}"] = probabilities[:, i]
         correct = int((table.loc[masked, f"predicted_{region}"] == table.loc[masked, "true"]).sum())
         regions[region] = _region_accuracy(correct, len(masked), float(majority.iloc[0]) if len(majority) else None)
 
@@ -107,10 +116,11 @@ def _images(paths, mask_paths, image_size, region, batch_size) -> tf.data.Datase
     return region_images(paths, image_size=image_size, region=region, mask_paths=mask_paths).batch(batch_size).prefetch(AUTOTUNE)
 
 
-def _predict(model, paths, mask_paths, image_size, region, batch_size) -> np.ndarray:
+def _predict(model, paths, mask_paths, image_size, region, batch_size, num_classes) -> np.ndarray:
+    """The class probabilities of the images shown as ``region``, one row per image."""
     if not paths:
-        return np.zeros(0, np.int64)
-    return np.asarray(model.predict(_images(paths, mask_paths, image_size, region, batch_size), verbose=0)).argmax(axis=1)
+        return np.zeros((0, num_classes), np.float64)
+    return np.asarray(model.predict(_images(paths, mask_paths, image_size, region, batch_size), verbose=0), np.float64)
 
 
 def _energies(gradcam: GradCam, paths, mask_paths, image_size, input_region, batch_size, class_names,

@@ -16,10 +16,15 @@ from typing import Any, Mapping
 
 import keras
 import pandas as pd
+from matplotlib.figure import Figure
 
+from ..analysis import calibration as calibration_analysis
+from ..analysis.calibration_report import reliability_figure, risk_coverage_figure
+from ..common.config import calibration_settings, load_config
 from ..common.files import ensure_writable
 from ..common.paths import resolve_path
-from ..common.run_layout import TENSORBOARD_FOLDER, backup_dir, run_dir, split_file_name
+from ..common.run_layout import (GRADCAM_FILE, RELIABILITY_FILE, RISK_COVERAGE_FILE, TENSORBOARD_FOLDER, backup_dir, run_dir,
+                                 split_file_name)
 from ..data.locate import locate_dataset
 from ..data.masks import restrict_to_masked
 from ..data.pipeline import SplitPipelines, split_pipelines
@@ -32,6 +37,7 @@ from ..model.runtime import Runtime, configure
 from ..model.weights import ensure_weights_available
 from . import outputs, record
 from .models import head_on_backbone, trainable_model
+from .outputs import PREDICTED_SUBSETS
 from .params import check_parameters
 from .shortcut_checks import ShortcutAnalysis, analyse
 
@@ -45,6 +51,7 @@ class PreparedData:
     pipelines: SplitPipelines
     features: FeatureCache | None = None  # fast mode: the backbone's cached features the pipelines serve
     masks: dict | None = None  # input_region other than full: the mask check, and the images left out
+    calibration_settings: dict | None = None  # experiments.json's targets, checked against the classes before training
 
     @property
     def class_names(self) -> list[str]:
@@ -74,6 +81,7 @@ def prepare_data(params: dict, runtime: Runtime) -> PreparedData:
     """
     root = locate_dataset(None if params["data_dir"] is None else resolve_path(params["data_dir"]))
     index = scan_dataset(root, strict=params["strict_data"])
+    targets = checked_calibration_settings(index.class_names)
     split = split_images(
         index.images, val_fraction=params["val_fraction"], test_fraction=params["test_fraction"], seed=params["split_seed"]
     )
@@ -90,13 +98,23 @@ def prepare_data(params: dict, runtime: Runtime) -> PreparedData:
             weights=params["weights"], seed=params["seed"], batch_size=batch_size, region=region,
         )
         pipelines = features.pipelines(split, index.class_names, batch_size=batch_size, seed=params["seed"])
-        return PreparedData(index.root, index, split, split_file, pipelines, features, mask_record)
+        return PreparedData(index.root, index, split, split_file, pipelines, features, mask_record, targets)
     cache_dir = None if params["cache_dir"] is None else resolve_path(params["cache_dir"])
     pipelines = split_pipelines(
         split, index.root, index.class_names, image_size=params["image_size"],
         batch_size=batch_size, seed=params["seed"], cache_dir=cache_dir, region=region,
     )
-    return PreparedData(index.root, index, split, split_file, pipelines, masks=mask_record)
+    return PreparedData(index.root, index, split, split_file, pipelines, masks=mask_record, calibration_settings=targets)
+
+
+def checked_calibration_settings(class_names: list[str]) -> dict:
+    """experiments.json's calibration targets, refused before training when they name a class the data lacks."""
+    settings = calibration_settings(load_config())
+    unknown = sorted(set(settings["target_sensitivity"]) - set(class_names))
+    if unknown:
+        raise ValueError(f"experiments.json, calibration.target_sensitivity: {unknown} is not a class of this data set "
+                         f"({class_names}); name one of its classes or remove it")
+    return settings
 
 
 def build(params: dict, data: PreparedData, runtime: Runtime) -> keras.Model:
@@ -171,17 +189,39 @@ def look_for_shortcuts(whole: keras.Model, data: PreparedData, predictions: dict
     )
 
 
+@dataclass
+class Calibration:
+    """Temperature scaling, operating points and the abstain threshold of a run (``analysis/calibration.py``)."""
+
+    record: dict  # metrics.json's "calibration"
+    predictions: pd.DataFrame  # the validation and test rows of predictions.csv, with calibrated_p_<class> columns
+    figures: dict[str, Figure]
+
+
+def calibrate(predictions: dict[str, pd.DataFrame], analysis: ShortcutAnalysis, data: PreparedData, params: dict) -> Calibration:
+    """The temperature fitted on the validation predictions, operating points and the abstain threshold chosen
+    there, all reported on test, with ECE per source and with the lungs removed. Needs no model."""
+    table = pd.concat([predictions[subset] for subset in PREDICTED_SUBSETS], ignore_index=True)
+    found, calibrated = calibration_analysis.calibrate(table, data.class_names, data.calibration_settings, analysis.table)
+    title = f"{params['experiment']} (seed {params['seed']})"
+    figures = {RELIABILITY_FILE: reliability_figure(calibrated, data.class_names, title),
+               RISK_COVERAGE_FILE: risk_coverage_figure(calibrated, data.class_names, found, title)}
+    return Calibration(found, calibrated, figures)
+
+
 def evaluate(model: keras.Model, data: PreparedData, predictions: dict[str, pd.DataFrame], params: dict,
-             history: pd.DataFrame, runtime: Runtime, analysis: ShortcutAnalysis, batchnorm_record: dict) -> dict:
+             history: pd.DataFrame, runtime: Runtime, analysis: ShortcutAnalysis, batchnorm_record: dict,
+             calibration: Calibration) -> dict:
     """The full metrics record of a finished run (``run/record.py``)."""
     return record.metrics_record(model, data, predictions, params, history, runtime,
-                                 {**analysis.metrics, "batchnorm": batchnorm_record})
+                                 {**analysis.metrics, "batchnorm": batchnorm_record, "calibration": calibration.record})
 
 
-def save_outputs(metrics: dict, predictions: dict[str, pd.DataFrame], history: pd.DataFrame, params: dict,
-                 analysis: ShortcutAnalysis, whole: keras.Model, data: PreparedData) -> dict[str, Path]:
+def save_outputs(metrics: dict, calibration: Calibration, history: pd.DataFrame, params: dict,
+                 analysis: ShortcutAnalysis, whole: keras.Model) -> dict[str, Path]:
     """Write the run's files, metrics.json last; then drop the training backup (``run/outputs.py``)."""
-    return outputs.write_run_files(metrics, predictions, history, params, analysis.table, analysis.panel, whole)
+    return outputs.write_run_files(metrics, calibration.predictions, history, params, analysis.table,
+                                   {GRADCAM_FILE: analysis.panel, **calibration.figures}, whole)
 
 
 
@@ -198,6 +238,7 @@ class Experiment:
     whole: keras.Model
     analysis: ShortcutAnalysis
     batchnorm: dict
+    calibration: Calibration
     metrics: dict
     paths: dict[str, Path]
 
@@ -213,6 +254,8 @@ def run_experiment(namespace: Mapping[str, Any], *, devices: list[str] | None = 
     predictions = split_predictions(model, data)
     whole = full_model(model, data, params)
     analysis = look_for_shortcuts(whole, data, predictions, params, runtime)
-    metrics = evaluate(model, data, predictions, params, history, runtime, analysis, batchnorm_record)
-    paths = save_outputs(metrics, predictions, history, params, analysis, whole, data)
-    return Experiment(params, runtime, data, model, history, predictions, whole, analysis, batchnorm_record, metrics, paths)
+    calibration = calibrate(predictions, analysis, data, params)
+    metrics = evaluate(model, data, predictions, params, history, runtime, analysis, batchnorm_record, calibration)
+    paths = save_outputs(metrics, calibration, history, params, analysis, whole)
+    return Experiment(params, runtime, data, model, history, predictions, whole, analysis, batchnorm_record, calibration,
+                      metrics, paths)
