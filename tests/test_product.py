@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from covid_mobilenet.analysis import calibration
 from covid_mobilenet.analysis.results import best_run
 from covid_mobilenet.bench.quantization import measure_quantization
 from covid_mobilenet.common.files import file_sha256
@@ -68,8 +69,23 @@ def test_predict_agrees_with_the_notebooks_own_test_predictions(trained_run, tmp
     assert len(ours) == len(notebook) and ours["path"].tolist() == images
     assert (ours["predicted"] == notebook["predicted"]).all()
     columns = [f"p_{name}" for name in metrics["dataset"]["class_names"]]
-    assert np.abs(ours[columns].to_numpy() - notebook[columns].to_numpy()).max() < 1e-4
+    # calibrated by default: the notebook's own calibrated columns, the run's temperature on the raw ones
+    calibrated = [f"calibrated_{column}" for column in columns]
+    assert np.abs(ours[columns].to_numpy() - notebook[calibrated].to_numpy()).max() < 1e-4
+    assert ours["probabilities"].str.startswith("calibrated (T=").all()
+    calibration = metrics["calibration"]
+    abstain = calibration["abstain"]
+    confident = notebook[calibrated].max(axis=1) >= (abstain["threshold"] if abstain["reached"] else np.inf)
+    assert (ours["answer"] == notebook["predicted"].where(confident, "uncertain")).all()
+    covid = calibration["operating_points"]["COVID"]["target_sensitivity"]
+    flagged = (notebook["calibrated_p_COVID"] >= covid["threshold"]).map({True: "yes", False: "no"})
+    assert (ours[f"COVID at sensitivity {covid['target']:g}"] == flagged).all()
     assert "predicted with" in capsys.readouterr().err
+    # --raw: the model's own softmax, as the notebook recorded it; the answers stay the calibrated ones
+    assert predict.main([*images, "--run", str(run), "--csv", str(tmp_path / "raw.csv"), "--raw"]) == 0
+    raw = pd.read_csv(tmp_path / "raw.csv")
+    assert np.abs(raw[columns].to_numpy() - notebook[columns].to_numpy()).max() < 1e-4
+    assert (raw["probabilities"] == "raw").all() and (raw["answer"] == ours["answer"]).all()
 
 
 @pytest.mark.slow
@@ -181,7 +197,11 @@ def test_the_three_exports_load_predict_and_int8_takes_uint8(exported, trained_r
     assert record["test_images"] == len(test) and record["calibration"] == {"images": 24, "split": "train", "seed": 0}
     pixels = export.load_pixels(Path(metrics["dataset"]["root"]), test["path"][:3], 64)
     keras_model = keras.saving.load_model(run / "model.keras", compile=False)
-    expected = keras_model.predict(pixels, verbose=0)
+    # the run's temperature is folded into every export: they give the Keras model's probabilities, calibrated
+    folded = record["temperature_scaling"]
+    assert folded["folded"] is True and folded["temperature"] == metrics["calibration"]["temperature"]
+    assert max(folded["max_difference_vs_keras_calibrated"].values()) < 0.05
+    expected = calibration.scale(keras_model.predict(pixels, verbose=0), folded["temperature"])
     for variant in export.VARIANTS:
         lite = litert.LiteModel(out / f"model_{variant}.tflite", threads=1)
         assert (lite.input_dtype == np.uint8) == (variant == "int8")
@@ -211,6 +231,9 @@ def test_the_model_card_is_generated_from_the_runs_files(exported):
     assert "no lungs" in card and "Grad-CAM" in card and "## Known limitations" in card
     assert model_card.export_table(record) in card
     assert f"learning rate {metrics['params']['learning_rate']:g}" in card
+    t = metrics["calibration"]["temperature"]
+    assert f"Temperature T = {t:.2f}" in card and "ECE" in card and "COVID at target sensitivity 0.95" in card
+    assert "Abstaining" in card and "The exported LiteRT models include T" in card
 
 
 def test_export_refuses_a_folder_that_is_not_a_finished_run(tmp_path, capsys):

@@ -11,6 +11,10 @@ models) into:
 - ``model_int8.tflite``: full-integer quantization, uint8 pixels in and uint8 probabilities out,
   calibrated on at most ``--calibration`` training images (never test images).
 
+A run calibrated by temperature scaling (``metrics.json``'s ``calibration``) has its temperature T folded into
+all three: they end with softmax(log p / T) and give the calibrated probabilities themselves, which are
+checked against the Keras model's probabilities scaled by the same T (``temperature_scaling`` in export.json).
+
 Each is run with the LiteRT interpreter (``litert.py``) over the whole test split: accuracy, agreement with the Keras model's predictions,
 file size, and the median single-image latency after warm-up with a fixed thread count. The
 figures go to ``export.json``, and ``MODEL_CARD.md`` is written beside them from the run's files.
@@ -33,7 +37,8 @@ from ..common.files import file_sha256, write_atomic, write_json  # noqa: E402
 from ..common.paths import README_FILE  # noqa: E402
 from ..common.readme import replace_readme_section  # noqa: E402
 from ..common.run_layout import METRICS_FILE, MODEL_FILE  # noqa: E402
-from .litert import WARMUP, LiteModel, convert, keras_single_image, measure  # noqa: E402
+from ..analysis.calibration import scale  # noqa: E402
+from .litert import WARMUP, LiteModel, convert, keras_single_image, measure, with_temperature  # noqa: E402
 from .model_card import export_table, readme_section, write_model_card  # noqa: E402
 
 EXPORT_FOLDER = "export"
@@ -105,9 +110,13 @@ def export_run(run: Path, out: Path | None = None, *, threads: int = 1, calibrat
     labels = np.array([class_names.index(label) for label in test["label"]])
 
     saved_model = out / "saved_model"
-    model.export(str(saved_model), format="tf_saved_model", verbose=False)
+    temperature = metrics.get("calibration", {}).get("temperature")
+    exported = model if temperature is None else with_temperature(model, temperature)
+    exported.export(str(saved_model), format="tf_saved_model", verbose=False)
     keras_probabilities, keras_latency = measure(keras_single_image(model), test_pixels)
     keras_predicted = keras_probabilities.argmax(axis=1)
+    if temperature is not None:  # what the exports must give: the Keras model's probabilities, calibrated
+        keras_probabilities = scale(keras_probabilities, temperature)
     rows = [{"format": "Keras (.keras, float32)", "file": MODEL_FILE, "bytes": (run / MODEL_FILE).stat().st_size,
              "accuracy": float((keras_predicted == labels).mean()), "agreement_with_keras": 1.0,
              "median_latency_ms": 1000 * keras_latency, "runtime": f"Keras {keras.__version__}"}]
@@ -135,6 +144,11 @@ def export_run(run: Path, out: Path | None = None, *, threads: int = 1, calibrat
         "demo": bool(metrics["dataset"].get("demo")), "image_size": image_size, "class_names": class_names,
         "test_images": int(len(test)), "split_sha256": metrics["dataset"]["split_sha256"],
         "calibration": {"images": int(len(chosen)), "split": "train", "seed": CALIBRATION_SEED},
+        "temperature_scaling": (
+            {"folded": False, "why": "the run has no calibration record (made before runs were calibrated)"}
+            if temperature is None else
+            {"folded": True, "temperature": temperature, "where": "in every LiteRT model: a last layer softmax(log p / T)",
+             "max_difference_vs_keras_calibrated": {row["format"]: row["max_probability_difference"] for row in rows[1:]}}),
         "threads": threads, "keras_threads": keras_threads, "warmup_calls": WARMUP, "latency": "median over single-image calls on the test split",
         "formats": rows,
         "int8_vs_float32": {"size_ratio": int8["bytes"] / float32["bytes"],

@@ -23,6 +23,20 @@ def interpreter_class():
         return tf.lite.Interpreter, "tf.lite"
 
 
+def with_temperature(model, temperature: float):
+    """``model`` followed by temperature scaling, softmax(log p / T), as one Keras model to export: the LiteRT
+    files then give calibrated probabilities themselves (T is folded into them, not left to the code that runs them)."""
+    import keras
+
+    class TemperatureScaling(keras.layers.Layer):
+        def call(self, probabilities):
+            logits = keras.ops.log(keras.ops.maximum(probabilities, 1e-12)) / temperature
+            return keras.ops.softmax(logits, axis=-1)
+
+    inputs = keras.Input(shape=model.input_shape[1:], dtype=model.inputs[0].dtype, name="pixels")
+    return keras.Model(inputs, TemperatureScaling(name="temperature_scaling")(model(inputs)), name=f"{model.name}_calibrated")
+
+
 def convert(saved_model: Path, variant: str, calibration: np.ndarray | None = None) -> bytes:
     """One LiteRT flatbuffer of the SavedModel: float32, float16 weights, or full-integer int8 (uint8 in and out)."""
     import tensorflow as tf

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..analysis.calibration_report import calibration_lines
 from ..common.files import write_atomic
 from ..data.masks import REGION_LABELS
 
@@ -25,8 +26,9 @@ LIMITATIONS = [
     "evidence, not proof.",
     "The test split comes from the same collections as the training split: its accuracy says nothing about "
     "images from another hospital, scanner or population. There is no external validation.",
-    "Class shares follow the data set (about half Normal), not any clinical population; predicted "
-    "probabilities are not calibrated to one.",
+    "Class shares follow the data set (about half Normal), not any clinical population: the probabilities are "
+    "calibrated (temperature scaling) on this data set's validation split, not to any clinical population, and "
+    "the operating points and abstain threshold hold, at best, for images like its test split.",
     "Quantized exports were measured on this test split only; their agreement with the Keras model may differ "
     "on other images.",
 ]
@@ -102,6 +104,20 @@ def model_card(metrics: dict, export: dict) -> str:
     if by_source:
         lines += ["", "| Class | Source | Test images | Accuracy |", "| :-- | :-- | :-: | :-: |"]
         lines += [f"| {r['class']} | {r['source']} | {r['images']} | {_percent(r['accuracy'])} |" for r in by_source]
+    calibration = metrics.get("calibration")
+    lines += ["", "## Probabilities: calibration, operating points, abstaining", ""]
+    if calibration:
+        folded = export.get("temperature_scaling", {})
+        lines += [f"- {line}" for line in calibration_lines(calibration)]
+        lines += ["", "Temperature scaling fitted on validation; the operating points and the abstain threshold chosen on "
+                  "validation, on the calibrated probabilities; every figure above from test, with 95% intervals. "
+                  + ("The exported LiteRT models include T (a last layer softmax(log p / T)): they output calibrated "
+                     "probabilities. `python -m covid_mobilenet.predict --run <run>` prints the same, the answer "
+                     "(`uncertain` below the abstain threshold) and the operating points' decisions."
+                     if folded.get("folded") else "")]
+    else:
+        lines += ["This run has no calibration record (it was made before runs were calibrated): its probabilities are the "
+                  "model's raw softmax, usually overconfident. Rerun it to calibrate."]
     lines += [
         "", "## Exports", "",
         f"LiteRT flatbuffers beside this card, measured on the {export['test_images']} test images with {export['threads']} "

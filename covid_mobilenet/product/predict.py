@@ -1,7 +1,14 @@
 """Apply a trained model to images: one row per image, the predicted class and every class's probability.
 
     python -m covid_mobilenet.predict IMAGES_OR_FOLDERS... [--run results/<experiment>/seed-<seed> | --model FILE]
-                                      [--csv FILE] [--gradcam FOLDER]
+                                      [--csv FILE] [--gradcam FOLDER] [--raw]
+
+A run's probabilities are calibrated by default: its temperature T, fitted on its validation images
+(``metrics.json``'s ``calibration``), gives softmax(log p / T); ``--raw`` prints the model's own softmax.
+Each row also says the run's answer: the predicted class, or ``uncertain`` when the calibrated confidence
+is below the run's abstain threshold; and, for each class with an operating point at a target sensitivity
+(COVID 0.95 by default), whether the image is above that point's threshold. A model without a run's
+calibration (a bare ``--model`` file, a run of before calibration) gives its raw probabilities and says so.
 
 Images are decoded exactly as the training pipeline decodes them (``data.pipeline.load_image``: PNG or
 JPEG of any size, grayscale, RGB, RGBA or 16-bit, resized to the model's side), and the model
@@ -39,6 +46,7 @@ class TrainedModel:
     class_names: list[str]
     image_size: int
     source: str  # which run or file, for the user
+    calibration: dict | None = None  # metrics.json's "calibration": temperature, operating points, abstain threshold
 
 
 def load_trained(run: Path | None = None, model_file: Path | None = None) -> TrainedModel:
@@ -61,13 +69,15 @@ def load_trained(run: Path | None = None, model_file: Path | None = None) -> Tra
         raise PredictError(f"{model_file} cannot be loaded as a Keras model: {str(exc).strip()[:300]}") from None
     metrics_file = model_file.parent / METRICS_FILE
     outputs = int(model.output_shape[-1])
+    calibration = None
     if metrics_file.is_file():
-        class_names = json.loads(metrics_file.read_text())["dataset"]["class_names"]
+        metrics = json.loads(metrics_file.read_text())
+        class_names, calibration = metrics["dataset"]["class_names"], metrics.get("calibration")
     elif outputs == len(STUDY_CLASSES):
         class_names = list(STUDY_CLASSES)  # the data set's folders, in the order the loader sorts them
     else:
         class_names = [f"class_{i}" for i in range(outputs)]
-    return TrainedModel(model, class_names, int(model.input_shape[1]), str(run or model_file))
+    return TrainedModel(model, class_names, int(model.input_shape[1]), str(run or model_file), calibration)
 
 
 def image_files(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
@@ -116,13 +126,35 @@ def class_probabilities(trained: TrainedModel, pixels, batch_size: int = 32):
     return probabilities / probabilities.sum(axis=1, keepdims=True)
 
 
-def prediction_table(paths: list[Path], probabilities, class_names: list[str]):
+UNCERTAIN = "uncertain"
+
+
+def prediction_table(paths: list[Path], probabilities, class_names: list[str], calibration: dict | None = None,
+                     *, raw: bool = False):
+    """One row per image: the predicted class, the run's answer and decisions (with a calibration), and the
+    probabilities: calibrated unless ``raw`` or there is no calibration (column ``probabilities`` says which)."""
+    import numpy as np
     import pandas as pd
+
+    from ..analysis.calibration import scale
 
     table = pd.DataFrame({"path": [str(p) for p in paths],
                           "predicted": [class_names[i] for i in probabilities.argmax(axis=1)] if len(paths) else []})
+    shown = probabilities
+    if calibration is not None:
+        calibrated = scale(probabilities, calibration["temperature"]) if len(paths) else probabilities
+        abstain = calibration["abstain"]
+        sure = calibrated.max(axis=1) >= (abstain["threshold"] if abstain["reached"] else np.inf)  # not reached: none
+        table["answer"] = table["predicted"].where(sure, UNCERTAIN) if len(paths) else []
+        for name, points in calibration["operating_points"].items():
+            if "target_sensitivity" in points:
+                point = points["target_sensitivity"]
+                flagged = calibrated[:, class_names.index(name)] >= point["threshold"] if len(paths) else []
+                table[f"{name} at sensitivity {point['target']:g}"] = ["yes" if f else "no" for f in flagged]
+        shown = probabilities if raw else calibrated
+    table["probabilities"] = ("raw" if raw or calibration is None else f"calibrated (T={calibration['temperature']:.2f})")
     for i, name in enumerate(class_names):
-        table[f"p_{name}"] = probabilities[:, i] if len(paths) else []
+        table[f"p_{name}"] = shown[:, i] if len(paths) else []
     return table
 
 
@@ -169,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS, help="where to look for the best run (default: %(default)s)")
     parser.add_argument("--csv", type=Path, help="also write the rows to this CSV file")
     parser.add_argument("--gradcam", type=Path, metavar="FOLDER", help="write a Grad-CAM overlay per image into FOLDER")
+    parser.add_argument("--raw", action="store_true", help="print the model's own softmax instead of the calibrated "
+                                                           "probabilities (answers and decisions stay calibrated)")
     parser.add_argument("--batch-size", type=int, default=32)
     args = parser.parse_args(argv)
 
@@ -184,7 +218,11 @@ def main(argv: list[str] | None = None) -> int:
     files, failed = image_files(args.inputs)
     pixels, readable, undecodable = decode(files, trained.image_size)
     failed += undecodable
-    table = prediction_table(readable, class_probabilities(trained, pixels, args.batch_size), trained.class_names)
+    if trained.calibration is None:
+        print(f"{trained.source} has no calibration (a model file alone, or a run made before runs were calibrated): "
+              "these are the model's raw softmax probabilities, which are usually overconfident", file=sys.stderr)
+    table = prediction_table(readable, class_probabilities(trained, pixels, args.batch_size), trained.class_names,
+                             trained.calibration, raw=args.raw)
     import pandas as pd
 
     with pd.option_context("display.max_rows", None, "display.width", 200, "display.max_colwidth", 80):
