@@ -161,7 +161,7 @@ def test_the_summary_reports_temperature_and_ece_per_configuration_beside_accura
     from tests.conftest import write_finished_run
 
     from covid_mobilenet.analysis.results import collect_results
-    from covid_mobilenet.analysis.tables import summary_table
+    from covid_mobilenet.analysis.tables import runs_table, summary_table
 
     config = {"experiments": {"mn_resultset1": {"hidden_layers": 1, "dense_units": 8, "learning_rate": 1e-5},
                               "mn_resultset2": {"hidden_layers": 1, "dense_units": 16, "learning_rate": 1e-5}}}
@@ -176,5 +176,8 @@ def test_the_summary_reports_temperature_and_ece_per_configuration_beside_accura
         (record["test"]["ece"]["before"]["value"], record["test"]["ece"]["before"]["low"], record["test"]["ece"]["before"]["high"]))
     two = rows.loc["mn_resultset1"]  # two seeds: the mean and a t-interval over them
     assert two["ECE CI low"] <= two["ECE"] <= two["ECE CI high"] and two["Seeds"] == 2
+    per_run = runs_table(collect_results(tmp_path, config, allow_demo=True)).set_index(["Model", "Seed"])
+    assert per_run.loc[("mn_resultset2", 1), "Calibrated ECE"] == pytest.approx(record["test"]["ece"]["after"]["value"])
+    assert two["ECE"] == pytest.approx(per_run.loc["mn_resultset1", "ECE"].mean())
     text = "\n".join(calibration_markdown(rows.reset_index()))
     assert "| mn_resultset2 | 1 |" in text and "How to read it: ECE" in text

@@ -74,6 +74,7 @@ def runs_table(collected: dict[str, list[ExperimentResult]]) -> pd.DataFrame:
         for run in runs:
             test = (run.metrics or {}).get("test", {})
             intervals = test.get("intervals", {})
+            calibration = (run.metrics or {}).get("calibration", {})
             rows.append({
                 "Model": name, "Seed": run.seed, "Status": run.status,
                 "Test accuracy": test.get("accuracy"),
@@ -83,6 +84,9 @@ def runs_table(collected: dict[str, list[ExperimentResult]]) -> pd.DataFrame:
                 "Macro F1 CI low": intervals.get("macro_f1", {}).get("low"),
                 "Macro F1 CI high": intervals.get("macro_f1", {}).get("high"),
                 "Balanced accuracy": test.get("balanced_accuracy"),
+                "Temperature": calibration.get("temperature"),
+                "ECE": calibration.get("test", {}).get("ece", {}).get("before", {}).get("value"),
+                "Calibrated ECE": calibration.get("test", {}).get("ece", {}).get("after", {}).get("value"),
                 "Training seconds": (run.metrics or {}).get("train_seconds"),
                 "Folder": None if run.folder is None else f"{run.folder.parent.name}/{run.folder.name}",
             })
