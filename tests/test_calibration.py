@@ -1,6 +1,7 @@
 """Calibration, operating points and abstaining (analysis/calibration.py, analysis/decisions.py): each figure checked against a value
 computed another way, on predictions made up here, so nothing trains."""
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -10,7 +11,7 @@ from sklearn import metrics as skm
 
 from covid_mobilenet.analysis import calibration as cal
 from covid_mobilenet.analysis import decisions
-from covid_mobilenet.analysis.calibration_report import calibration_lines, calibration_markdown
+from covid_mobilenet.analysis.calibration_report import calibration_lines, calibration_markdown, source_lines
 from covid_mobilenet.common.config import ConfigError, calibration_settings, load_config
 
 CLASSES = ["COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"]
@@ -134,6 +135,12 @@ def test_a_run_is_calibrated_from_its_predictions_file_with_intervals_and_where_
     lines = "\n".join(calibration_lines(record))
     for words in ("Temperature T = ", "ECE", "COVID at target sensitivity 0.9", "Abstaining below", "lungs removed", "per source"):
         assert words in lines
+    # the summary's lines for the baseline: the mean over its seeds of the same figures
+    seeds = [SimpleNamespace(status="done", metrics={"calibration": record})] * 2
+    summary = "\n".join(source_lines({"mn_resultset1": seeds}, "mn_resultset1"))
+    first = record["by_source"][0]
+    assert f"{first['group']} {first['ece']:.3f} (accuracy {first['accuracy']:.3f}" in summary
+    assert f"mean calibrated confidence {no_lungs['mean_confidence']:.3f} at accuracy {expected_accuracy:.3f}" in summary
 
 
 def test_a_small_validation_split_that_makes_calibration_worse_is_said_so():

@@ -208,3 +208,28 @@ def calibration_markdown(table: pd.DataFrame) -> list[str]:
                      f"{_with_ci(row, 'ECE')} | {_with_ci(row, 'Calibrated ECE')} | {_cell(row['ECE no lungs'])} | {covid} | "
                      f"{answered} |")
     return [*lines, "", HOW_TO_READ_CALIBRATION]
+
+
+def source_lines(collected: dict, baseline: str) -> list[str]:
+    """Where calibration breaks, for the baseline: calibrated ECE per source and with the lungs removed, averaged
+    over its seeds (images: per seed)."""
+    records = [run.metrics["calibration"] for run in collected.get(baseline, [])
+               if run.status == "done" and "calibration" in (run.metrics or {})]
+    by_source: dict[str, list[dict]] = {}
+    for record in records:
+        for row in record.get("by_source", []):
+            by_source.setdefault(row["group"], []).append(row)
+    lines = []
+    if by_source:
+        lines.append(f"Calibrated ECE per source, {baseline} (mean over {len(records)} seed(s); accuracy and mean confidence "
+                     "beside it): " + "; ".join(
+                         f"{group} {np.mean([r['ece'] for r in rows]):.3f} (accuracy {np.mean([r['accuracy'] for r in rows]):.3f}, "
+                         f"confidence {np.mean([r['mean_confidence'] for r in rows]):.3f}, {rows[0]['images']} images)"
+                         for group, rows in sorted(by_source.items())) + ".")
+    no_lungs = [record["no_lungs"] for record in records if "no_lungs" in record]
+    if no_lungs:
+        lines.append(f"With the lungs removed, {baseline} answers with mean calibrated confidence "
+                     f"{np.mean([r['mean_confidence'] for r in no_lungs]):.3f} at accuracy "
+                     f"{np.mean([r['accuracy'] for r in no_lungs]):.3f} (ECE {np.mean([r['ece'] for r in no_lungs]):.3f}): "
+                     "a confidence far above the accuracy is a model sure of answers it cannot read from the lungs.")
+    return lines

@@ -16,7 +16,7 @@ from ..common.paths import README_FILE
 from ..common.readme import replace_readme_section
 from ..common.run_layout import seed_folder
 from . import comparison, shortcut_summary
-from .calibration_report import calibration_markdown
+from .calibration_report import calibration_markdown, source_lines
 from .figures import comparison_figure
 from .results import collect_results, read_result
 from .tables import majority_share, runs_table, summary_table
@@ -107,7 +107,7 @@ def write_summary(
         body += ["", *looked_at]
     calibrated = calibration_markdown(table)
     if calibrated:
-        body += ["", *calibrated]
+        body += ["", *calibrated, *[f"\n{line}" for line in source_lines(collected, baseline)]]
     problems = [f"- {r.name} {seed_folder(r.seed) if r.seed is not None else ''}: {r.status}: {r.problem}"
                 for runs in collected.values() for r in runs if r.status != "done"]
     if problems:
