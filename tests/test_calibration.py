@@ -35,10 +35,18 @@ def table(split: str, labels: np.ndarray, probabilities: np.ndarray, first: int 
     return rows
 
 
+def test_calibrated_probabilities_give_a_temperature_near_one_and_a_small_ece():
+    labels, probabilities = overconfident(20000, 1.0, seed=0)  # labels drawn from the probabilities themselves
+    assert cal.fit_temperature(labels, probabilities) == pytest.approx(1.0, abs=0.03)
+    assert cal.expected_calibration_error(labels, probabilities) < 0.015
+
+
 def test_the_fitted_temperature_undoes_a_known_overconfidence_and_keeps_every_prediction():
-    labels, probabilities = overconfident(4000, 2.5, seed=1)
+    labels, probabilities = overconfident(20000, 3.0, seed=1)  # softmax(3 z): p^3 renormalised
+    np.testing.assert_allclose(probabilities, special.softmax(3 * np.log(special.softmax(
+        np.log(probabilities) / 3, axis=1)), axis=1))
     temperature = cal.fit_temperature(labels, probabilities)
-    assert temperature == pytest.approx(2.5, rel=0.08)
+    assert temperature == pytest.approx(3.0, rel=0.05)
     calibrated = cal.scale(probabilities, temperature)
     np.testing.assert_allclose(calibrated.sum(axis=1), 1)
     assert (calibrated.argmax(axis=1) == probabilities.argmax(axis=1)).all()
@@ -63,6 +71,12 @@ def test_the_scores_agree_with_their_definitions():
     four = np.array([[0.75, 0.25, 0, 0]] * 4)
     assert cal.expected_calibration_error(np.array([0, 0, 0, 1]), four) == pytest.approx(0)
     assert cal.expected_calibration_error(np.array([0, 1, 1, 1]), four) == pytest.approx(0.5)
+    # two bins by hand: four answers at 0.9 (bin 14), three right: gap 0.15; two at 0.4 (bin 6), both wrong: gap 0.4;
+    # ECE = (4 * 0.15 + 2 * 0.4) / 6, MCE = 0.4
+    two_bins = np.array([[0.9, 0.05, 0.05, 0]] * 4 + [[0.4, 0.3, 0.3, 0]] * 2)
+    truth = np.array([0, 0, 0, 1, 1, 2])
+    assert cal.expected_calibration_error(truth, two_bins) == pytest.approx((4 * 0.15 + 2 * 0.4) / 6)
+    assert cal.maximum_calibration_error(truth, two_bins) == pytest.approx(0.4)
 
 
 def test_operating_points_are_chosen_on_validation_and_counted_on_test():

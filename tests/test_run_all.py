@@ -9,6 +9,7 @@ import time
 
 import keras
 import nbformat
+import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
@@ -233,13 +234,19 @@ def test_fast_sweep_runs_the_backbone_once_for_all_configurations(tiny_root, tmp
     assert {m["features"]["cache"] for m in metrics.values()} == {entry.name for entry in (tmp_path / "features").iterdir() if entry.is_dir()}
     assert all(m["params"]["fast"] and not m["params"]["train_base"] for m in metrics.values())
     assert all(m["model"]["name"].endswith("_head") for m in metrics.values())
-    # the shortcut checks need pixels in: the trained head is joined to the frozen backbone it was trained on,
-    # so on full images it answers as the head did on the cached (float16) features
+    # the saved model takes pixels: the trained head joined to the frozen backbone it was trained on, so on the test
+    # images predict answers as the head did on the cached (float16) features, with the run's calibration
+    from covid_mobilenet.product import predict
+
     for name in chosen:
         run = tmp_path / "results" / name / "seed-42"
-        checks = pd.read_csv(run / "shortcuts.csv").set_index("path")
-        head = pd.read_csv(run / "predictions.csv").query("split == 'test'").set_index("path")["predicted"]
-        assert (checks["predicted_full"] == head.loc[checks.index]).mean() >= 0.95
+        head = pd.read_csv(run / "predictions.csv").query("split == 'test'").reset_index(drop=True)
+        images = [str(tiny_root / path) for path in head["path"]]
+        assert predict.main([*images, "--run", str(run), "--csv", str(tmp_path / f"{name}.csv")]) == 0
+        ours = pd.read_csv(tmp_path / f"{name}.csv")
+        assert (ours["predicted"] == head["predicted"]).mean() >= 0.95
+        calibrated = ours.filter(regex="^p_").to_numpy() - head.filter(regex="^calibrated_p_").to_numpy()
+        assert np.abs(calibrated).max() < 0.02, "float16 features: the calibrated probabilities within rounding"
     # --jobs 2 with two GPUs: each of the two parallel workers hands its own GPU to its notebooks
     assert {m["environment"]["cuda_visible_devices"] for m in metrics.values()} == {"0", "1"}
     text = (tmp_path / "results" / "summary.md").read_text()
