@@ -71,14 +71,22 @@ def main(argv: list[str] | None = None) -> int:
 
     bench = {"settings": {**vars(args), "data_dir": str(args.data_dir), "output": str(args.output),
                           "run": None if args.run is None else str(args.run)}}
-    bench["pipeline"] = measure_pipeline(root, index, args.image_size, args.batch_size)
-    bench["training"], in_memory = measure_training(index, args.image_size, args.batch_size, args.steps)
-    bench["precision"] = measure_precision(bench["training"], in_memory, len(index.class_names), args.image_size)
-    bench["fast_sweep"] = measure_fast_sweep(root, args.image_size, args.batch_size, args.epochs)
+    phases = bench["phase_seconds"] = {}  # where the benchmark's own time goes
+
+    def timed(phase: str, measure, *measure_args):
+        started_phase = time.perf_counter()
+        result = measure(*measure_args)
+        phases[phase] = time.perf_counter() - started_phase
+        return result
+
+    bench["pipeline"] = timed("pipeline", measure_pipeline, root, index, args.image_size, args.batch_size)
+    bench["training"], in_memory = timed("training", measure_training, index, args.image_size, args.batch_size, args.steps)
+    bench["precision"] = timed("precision", measure_precision, bench["training"], in_memory, len(index.class_names), args.image_size)
+    bench["fast_sweep"] = timed("fast_sweep", measure_fast_sweep, root, args.image_size, args.batch_size, args.epochs)
     bench["pipeline_speedup"] = bench["pipeline"]["project"]["later_epochs"] / bench["pipeline"]["baseline"]["later_epochs"]
     bench["training_vs_ceiling"] = bench["training"]["pipeline"] / bench["training"]["ceiling"]
     bench["fast_sweep_speedup"] = bench["fast_sweep"]["end_to_end_seconds"] / bench["fast_sweep"]["cached_seconds"]
-    bench["quantization"] = measure_quantization(args.run or quantization_run())
+    bench["quantization"] = timed("quantization", measure_quantization, args.run or quantization_run())
     if "int8_vs_float32" in bench["quantization"]:
         bench["int8_latency_ratio"] = bench["quantization"]["int8_vs_float32"]["latency_ratio"]
         bench["int8_accuracy_difference"] = bench["quantization"]["int8_vs_float32"]["accuracy_difference_vs_float32"]
@@ -87,10 +95,13 @@ def main(argv: list[str] | None = None) -> int:
     bench["seconds"] = time.perf_counter() - started
     write_json(args.output, bench)  # before the long memory check, so that nothing measured is lost
     if args.full_size:
-        bench["full_size"] = measure_full_size(ensure_data(args.data_dir / "full", FULL_SIZE_IMAGES), args.image_size)
+        full_root = timed("full_size_data", ensure_data, args.data_dir / "full", FULL_SIZE_IMAGES)
+        bench["full_size"] = timed("full_size", measure_full_size, full_root, args.image_size)
         bench["seconds"] = time.perf_counter() - started
         write_json(args.output, bench)
     print("\n" + table(bench))
+    print("time: " + ", ".join(f"{phase} {seconds:.0f} s" for phase, seconds in phases.items())
+          + f"; total {bench['seconds']:.0f} s")
     print(f"\nwritten to {args.output}")
     return 0
 
