@@ -260,3 +260,23 @@ def write_finished_run(results: Path, name: str, seed: int = 42, *, correct=None
     (folder / "metrics.json").write_text(json.dumps(metrics))
     return folder
 
+
+# The suite runs in two pytest-xdist workers (pyproject.toml: `-n 2 --dist loadgroup`): most of a notebook run is
+# one busy core (a kernel starting, TensorFlow tracing), so two at once use the machine's two. The tests that share a
+# fixture that trains (session- or module-scoped) run in one worker, so that fixture is built once, as in a serial
+# run; the Slurm tests share one cluster queue. Marked as each test is collected, before xdist reads the marks.
+# (pytest 9.2 stores node ids where pytest-xdist 3.8's loadgroup cannot tag them: requirements-dev.txt keeps 9.1.)
+SHARED_GROUPS = {  # fixture: group. The Slurm tests compare their sweep with the local demo sweep: one group for both
+    "demo_sweep": "sweeps", "own_sweep": "sweeps", "slurm": "sweeps", "slurm_sweep": "sweeps",
+    "finished_run": "finished_run", "trained_run": "finished_run", "pretrained": "demo_backbone",
+    "backbone_file": "features", "broken_masks": "broken_masks",
+}
+
+
+def pytest_itemcollected(item):
+    fixtures = getattr(item, "fixturenames", ())
+    groups = [group for fixture, group in SHARED_GROUPS.items() if fixture in fixtures]
+    if item.get_closest_marker("slurm"):
+        groups.insert(0, "sweeps")
+    if groups:  # the first: a test in two groups would build the other's fixture again (none is, today)
+        item.add_marker(pytest.mark.xdist_group(groups[0]))
