@@ -202,3 +202,14 @@ def test_the_summary_reports_temperature_and_ece_per_configuration_beside_accura
     assert two["ECE"] == pytest.approx(per_run.loc["mn_resultset1", "ECE"].mean())
     text = "\n".join(calibration_markdown(rows.reset_index()))
     assert "| mn_resultset2 | 1 |" in text and "How to read it: ECE" in text
+
+
+def test_a_target_class_the_data_lacks_is_refused_before_training(monkeypatch):
+    from covid_mobilenet.run import steps
+
+    assert steps.checked_calibration_settings(CLASSES)["target_sensitivity"] == {"COVID": 0.95}
+    with pytest.raises(ValueError, match=r"target_sensitivity: \['COVID'\] is not a class of this data set"):
+        steps.checked_calibration_settings(["cat", "dog"])
+    config = load_config()
+    monkeypatch.setattr(steps, "load_config", lambda: {**config, "calibration": {"target_sensitivity": {"Normal": 0.9}}})
+    assert steps.checked_calibration_settings(CLASSES) == {"target_sensitivity": {"Normal": 0.9}, "target_accuracy": 0.98}
