@@ -77,6 +77,16 @@ def test_the_scores_agree_with_their_definitions():
     truth = np.array([0, 0, 0, 1, 1, 2])
     assert cal.expected_calibration_error(truth, two_bins) == pytest.approx((4 * 0.15 + 2 * 0.4) / 6)
     assert cal.maximum_calibration_error(truth, two_bins) == pytest.approx(0.4)
+    # bins are right-closed, ((m-1)/15, m/15] as in Guo et al.: 0.4 (= 6/15) and 0.42 fall in different bins
+    edge = np.array([[0.4, 0.3, 0.3, 0], [0.42, 0.29, 0.29, 0]])
+    assert cal.expected_calibration_error(np.array([0, 1]), edge) == pytest.approx((0.6 + 0.42) / 2)
+
+
+def test_scaling_is_said_to_help_only_when_the_interval_of_the_change_is_below_zero():
+    assert cal.verdict({"value": -0.05, "low": -0.08, "high": -0.01}) == "yes"
+    assert cal.verdict({"value": -0.05, "low": -0.08, "high": 0.01}) == "not shown"
+    assert cal.verdict({"value": 0.02, "low": -0.01, "high": 0.04}) == "not shown"
+    assert cal.verdict({"value": 0.03, "low": 0.01, "high": 0.05}) == "no (worse)"
 
 
 def test_operating_points_are_chosen_on_validation_and_counted_on_test():
