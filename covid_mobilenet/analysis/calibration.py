@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 from scipy import optimize, special
 
-from ..common.config import DEFAULT_CALIBRATION
+from ..common.config import calibration_settings
 from .decisions import abstain_threshold, operating_points
 from .metrics import labels_and_probabilities
 from .uncertainty import bootstrap_interval
@@ -60,37 +60,36 @@ def _bins(confidence: np.ndarray, bins: int) -> np.ndarray:
     return np.clip(np.ceil(np.asarray(confidence) * bins).astype(int) - 1, 0, bins - 1)
 
 
-def reliability(labels: np.ndarray, probabilities: np.ndarray, bins: int = ECE_BINS) -> pd.DataFrame:
-    """Top-label reliability: per bin, images, mean confidence and accuracy (empty bins left out)."""
-    probabilities = np.asarray(probabilities, np.float64)
-    confidence, correct = probabilities.max(axis=1), probabilities.argmax(axis=1) == np.asarray(labels)
-    table = pd.DataFrame({"bin": _bins(confidence, bins), "confidence": confidence, "correct": correct})
-    grouped = table.groupby("bin").agg(images=("correct", "size"), confidence=("confidence", "mean"), accuracy=("correct", "mean"))
-    grouped["low"], grouped["high"] = grouped.index / bins, (grouped.index + 1) / bins
-    return grouped.reset_index()
-
-
-def _bin_gaps(labels: np.ndarray, probabilities: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray]:
-    """(images, |accuracy - mean confidence|) of each non-empty bin; numpy alone, as the bootstrap calls it often."""
+def _binned(labels: np.ndarray, probabilities: np.ndarray, bins: int) -> tuple[np.ndarray, ...]:
+    """Per non-empty bin of the top-label confidence: (bin, images, mean confidence, accuracy). numpy alone, as the
+    bootstrap calls it thousands of times."""
     probabilities = np.asarray(probabilities, np.float64)
     confidence = probabilities.max(axis=1)
     correct = (probabilities.argmax(axis=1) == np.asarray(labels)).astype(np.float64)
     which = _bins(confidence, bins)
     images = np.bincount(which, minlength=bins)
-    filled = images > 0
-    gaps = np.abs(np.bincount(which, correct, bins) - np.bincount(which, confidence, bins))[filled] / images[filled]
-    return images[filled], gaps
+    filled = np.flatnonzero(images)
+    return (filled, images[filled], np.bincount(which, confidence, bins)[filled] / images[filled],
+            np.bincount(which, correct, bins)[filled] / images[filled])
+
+
+def reliability(labels: np.ndarray, probabilities: np.ndarray, bins: int = ECE_BINS) -> pd.DataFrame:
+    """Top-label reliability: per bin, images, mean confidence and accuracy (empty bins left out)."""
+    which, images, confidence, accuracy = _binned(labels, probabilities, bins)
+    return pd.DataFrame({"bin": which, "images": images, "confidence": confidence, "accuracy": accuracy,
+                         "low": which / bins, "high": (which + 1) / bins})
 
 
 def expected_calibration_error(labels: np.ndarray, probabilities: np.ndarray, bins: int = ECE_BINS) -> float:
     """ECE: the bins' |accuracy - confidence|, weighted by their share of images."""
-    images, gaps = _bin_gaps(labels, probabilities, bins)
-    return float((images * gaps).sum() / images.sum())
+    _, images, confidence, accuracy = _binned(labels, probabilities, bins)
+    return float((images * np.abs(accuracy - confidence)).sum() / images.sum())
 
 
 def maximum_calibration_error(labels: np.ndarray, probabilities: np.ndarray, bins: int = ECE_BINS) -> float:
     """MCE: the largest |accuracy - confidence| of a non-empty bin."""
-    return float(_bin_gaps(labels, probabilities, bins)[1].max())
+    _, _, confidence, accuracy = _binned(labels, probabilities, bins)
+    return float(np.abs(accuracy - confidence).max())
 
 
 def brier_score(labels: np.ndarray, probabilities: np.ndarray) -> float:
@@ -174,7 +173,7 @@ def calibrate(predictions: pd.DataFrame, class_names: list[str], settings: dict 
     ``predictions``: the rows of ``predictions.csv`` (``split`` val and test); ``shortcuts``: the rows of
     ``shortcuts.csv`` (``source`` and the no-lungs probabilities ``p_no_lungs_<class>``), when the run has them.
     """
-    settings = {**DEFAULT_CALIBRATION, **(settings or {})}
+    settings = calibration_settings({"calibration": settings or {}})  # experiments.json's defaults and checks
     val, test = (predictions[predictions["split"] == subset] for subset in ("val", "test"))
     val_labels, val_raw = labels_and_probabilities(val, class_names)
     test_labels, test_raw = labels_and_probabilities(test, class_names)

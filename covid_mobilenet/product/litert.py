@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..analysis.calibration import EPSILON
+
 WARMUP = 10  # single-image calls before any is timed
 
 
@@ -30,7 +32,7 @@ def with_temperature(model, temperature: float):
 
     class TemperatureScaling(keras.layers.Layer):
         def call(self, probabilities):
-            logits = keras.ops.log(keras.ops.maximum(probabilities, 1e-12)) / temperature
+            logits = keras.ops.log(keras.ops.maximum(probabilities, EPSILON)) / temperature
             return keras.ops.softmax(logits, axis=-1)
 
     inputs = keras.Input(shape=model.input_shape[1:], dtype=model.inputs[0].dtype, name="pixels")
