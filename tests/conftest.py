@@ -201,6 +201,13 @@ def finished_run(tiny_root, tmp_path_factory):
     return folder, params
 
 
+@pytest.fixture(scope="session")
+def trained_run(finished_run):
+    """The notebook's finished run on the tiny set: (run folder, its metrics), for the product's tests."""
+    run = finished_run[0] / "results" / "mn_resultset3" / "seed-42"
+    return run, json.loads((run / "metrics.json").read_text())
+
+
 CLASSES = ["COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"]
 
 

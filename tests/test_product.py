@@ -17,13 +17,6 @@ from covid_mobilenet.product import export, litert, model_card, predict
 from tests.conftest import PROJECT
 
 
-@pytest.fixture(scope="module")
-def trained_run(finished_run):
-    """The notebook's finished run on the tiny set (conftest): (run folder, its metrics)."""
-    run = finished_run[0] / "results" / "mn_resultset3" / "seed-42"
-    return run, json.loads((run / "metrics.json").read_text())
-
-
 @pytest.mark.slow
 def test_every_run_saves_its_model_in_float32_and_records_it(trained_run):
     """Uses the shared finished run (a kernel trained it): the model the notebook saved."""

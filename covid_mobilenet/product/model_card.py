@@ -46,8 +46,8 @@ def _f1_interval(block: dict | None) -> str:
     return "" if not block else f" [{block['low']:.3f}, {block['high']:.3f}]"
 
 
-def model_card(metrics: dict, export: dict) -> str:
-    """The card's Markdown."""
+def model_card(metrics: dict, export: dict | None) -> str:
+    """The card's Markdown; ``export`` None: a run not exported yet (the web app shows its card so)."""
     params, dataset, test = metrics["params"], metrics["dataset"], metrics["test"]
     intervals = test.get("intervals", {})
     demo = bool(dataset.get("demo"))
@@ -81,25 +81,9 @@ def model_card(metrics: dict, export: dict) -> str:
     ]
     lines += [f"| {name} | {_percent(c['sensitivity'])} | {_percent(c['specificity'])} | {_percent(c['precision'])} | {c['support']} |"
               for name, c in test["per_class"].items()]
-    checks = metrics.get("shortcuts")
+    checks = shortcut_lines(metrics)
     if checks:
-        regions = checks["regions"]
-        cam = checks["gradcam"]
-        accuracies = ", ".join(f"{REGION_LABELS[r]} {_percent(regions[r]['accuracy'])}{_interval(regions[r].get('interval'))}"
-                               for r in regions)
-        attention = ("Grad-CAM found no positive evidence to locate." if cam["ratio"] is None else
-                     f"Grad-CAM ({cam['layer']}) puts {_percent(cam['energy_in_lungs'])} of its energy inside the lungs, which "
-                     f"cover {_percent(cam['lung_area'])} of the image (ratio {cam['ratio']:.2f}; 1.0 is a uniform map).")
-        lines += [
-            "", "## What it looks at (shortcut checks)", "",
-            f"On the {checks['images_with_mask']} test images with a usable lung mask: accuracy {accuracies}; always "
-            f"answering {checks['majority_class']} would score {_percent(checks['majority_rate'])}. {attention}",
-        ]
-        marker = checks.get("planted_marker")
-        if marker:
-            lines += ["", f"Planted demo shortcut (`{marker['source']}`, {marker['class']}): {_percent(marker['energy_in_marker'])} of the "
-                      f"Grad-CAM energy on its marker's box ({_percent(marker['box_area'])} of the image); with no lungs, "
-                      f"{_percent(marker['no_lungs_accuracy_marked'])} of the marked images are still called {marker['class']}."]
+        lines += ["", "## What it looks at (shortcut checks)", "", *checks]
     by_source = metrics.get("sources", {}).get("by_class_and_source", [])
     if by_source:
         lines += ["", "| Class | Source | Test images | Accuracy |", "| :-- | :-- | :-: | :-: |"]
@@ -107,7 +91,7 @@ def model_card(metrics: dict, export: dict) -> str:
     calibration = metrics.get("calibration")
     lines += ["", "## Probabilities: calibration, operating points, abstaining", ""]
     if calibration:
-        folded = export.get("temperature_scaling", {})
+        folded = (export or {}).get("temperature_scaling", {})
         lines += [f"- {line}" for line in calibration_lines(calibration)]
         lines += ["", "Temperature scaling fitted on validation; the operating points and the abstain threshold chosen on "
                   "validation, on the calibrated probabilities; every figure above from test, with 95% intervals. "
@@ -118,16 +102,42 @@ def model_card(metrics: dict, export: dict) -> str:
     else:
         lines += ["This run has no calibration record (it was made before runs were calibrated): its probabilities are the "
                   "model's raw softmax, usually overconfident. Rerun it to calibrate."]
+    lines += ["", "## Exports", ""]
+    if export is None:
+        lines += ["Not exported yet: `python -m covid_mobilenet.export <run>` writes LiteRT float32, float16 and int8 models, "
+                  "measures them on the test split and writes this card beside them.", ""]
+    else:
+        lines += [
+            f"LiteRT flatbuffers beside this card, measured on the {export['test_images']} test images with {export['threads']} "
+            f"thread(s) ({export['latency']}, after {export['warmup_calls']} warm-up calls); int8 calibrated on "
+            f"{export['calibration']['images']} training images.", "",
+            export_table(export), ""]
     lines += [
-        "", "## Exports", "",
-        f"LiteRT flatbuffers beside this card, measured on the {export['test_images']} test images with {export['threads']} "
-        f"thread(s) ({export['latency']}, after {export['warmup_calls']} warm-up calls); int8 calibrated on "
-        f"{export['calibration']['images']} training images.", "",
-        export_table(export), "",
         "## Intended use", "", *[f"- {item}" for item in INTENDED_USE],
         "", "## Known limitations", "", *[f"- {item}" for item in LIMITATIONS],
     ]
     return "\n".join(lines) + "\n"
+
+
+def shortcut_lines(metrics: dict) -> list[str]:
+    """The shortcut checks' headline figures in words (paragraphs), or none when the run has no checks."""
+    checks = metrics.get("shortcuts")
+    if not checks:
+        return []
+    regions, cam = checks["regions"], checks["gradcam"]
+    accuracies = ", ".join(f"{REGION_LABELS[r]} {_percent(regions[r]['accuracy'])}{_interval(regions[r].get('interval'))}"
+                           for r in regions)
+    attention = ("Grad-CAM found no positive evidence to locate." if cam["ratio"] is None else
+                 f"Grad-CAM ({cam['layer']}) puts {_percent(cam['energy_in_lungs'])} of its energy inside the lungs, which "
+                 f"cover {_percent(cam['lung_area'])} of the image (ratio {cam['ratio']:.2f}; 1.0 is a uniform map).")
+    lines = [f"On the {checks['images_with_mask']} test images with a usable lung mask: accuracy {accuracies}; always "
+             f"answering {checks['majority_class']} would score {_percent(checks['majority_rate'])}. {attention}"]
+    marker = checks.get("planted_marker")
+    if marker:
+        lines += ["", f"Planted demo shortcut (`{marker['source']}`, {marker['class']}): {_percent(marker['energy_in_marker'])} of the "
+                  f"Grad-CAM energy on its marker's box ({_percent(marker['box_area'])} of the image); with no lungs, "
+                  f"{_percent(marker['no_lungs_accuracy_marked'])} of the marked images are still called {marker['class']}."]
+    return lines
 
 
 def write_model_card(path: str | os.PathLike, metrics: dict, export: dict) -> Path:

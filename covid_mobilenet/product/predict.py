@@ -172,23 +172,29 @@ def overlay_names(paths: list[Path]) -> list[str]:
     return names
 
 
-def write_gradcam(trained: TrainedModel, pixels, paths: list[Path], table, folder: Path) -> list[Path]:
-    """One heatmap overlay per image, ``<folder>/<name>.gradcam.png`` (``overlay_names``), in the table's order."""
-    from ..common.files import save_figure
+def gradcam_figures(trained: TrainedModel, pixels, paths: list[Path], table, lungs: list | None = None, gradcam=None):
+    """One Grad-CAM overlay figure per image, in the table's order, for the predicted class; with the lung mask's
+    outline where ``lungs`` has one (a bool array at the model's side, or None)."""
     from ..model.gradcam import GradCam, overlay_panel, upsample
 
-    gradcam = GradCam(trained.model)
-    folder.mkdir(parents=True, exist_ok=True)
-    written, names = [], overlay_names(paths)
+    gradcam = gradcam or GradCam(trained.model)
     for start in range(0, len(pixels), 32):
         cams = upsample(gradcam.cams(pixels[start:start + 32])[0], trained.image_size)
         for offset, cam in enumerate(cams):
-            row = table.iloc[start + offset]
+            index = start + offset
+            row = table.iloc[index]
             title = f"{row['predicted']} ({row[f'p_{row.predicted}']:.2f})"
-            figure = overlay_panel(pixels[start + offset:start + offset + 1], [cam], [title], [None], 1,
-                                   f"{paths[start + offset].name}: Grad-CAM ({gradcam.layer})")
-            written.append(save_figure(figure, folder / names[start + offset]))
-    return written
+            yield overlay_panel(pixels[index:index + 1], [cam], [title], [lungs[index] if lungs else None], 1,
+                                f"{paths[index].name}: Grad-CAM ({gradcam.layer})")
+
+
+def write_gradcam(trained: TrainedModel, pixels, paths: list[Path], table, folder: Path) -> list[Path]:
+    """One heatmap overlay per image, ``<folder>/<name>.gradcam.png`` (``overlay_names``), in the table's order."""
+    from ..common.files import save_figure
+
+    folder.mkdir(parents=True, exist_ok=True)
+    return [save_figure(figure, folder / name)
+            for figure, name in zip(gradcam_figures(trained, pixels, paths, table), overlay_names(paths))]
 
 
 def main(argv: list[str] | None = None) -> int:
