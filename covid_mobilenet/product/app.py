@@ -10,7 +10,7 @@ train one. Each image's answer is ``predict``'s (``product/page.py``), with its 
 Uploads, overlays and everything else the server writes go to one temporary folder, removed when the server
 stops (Ctrl-C or SIGTERM). Limits: files of at most ``MAX_FILE_MB`` MB and ``MAX_PIXELS`` pixels,
 ``MAX_IMAGES`` images per request, one request computed at a time with at most ``QUEUE_SIZE`` waiting (the
-model uses every core anyway); beyond that the page says the queue is full.
+model uses every core anyway); beyond that the page says the queue is full and to try again.
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ from ..common.run_layout import METRICS_FILE  # noqa: E402
 from .page import DEMO_BANNER, MAX_FILE_MB, MAX_IMAGES, NOTICE, answer, run_overview, run_to_serve  # noqa: E402
 from .predict import DEFAULT_RESULTS, PredictError, load_trained  # noqa: E402
 
-QUEUE_SIZE = 8
+QUEUE_SIZE = 16  # waiting requests: the last of 16 of 32 images each waits about half a minute at 224 px on 2 cores
 TITLE = "COVID-19 chest X-ray classifier (MobileNet)"
 
 
@@ -70,8 +70,9 @@ def build_page(trained, metrics: dict, run: Path, demo: bool, max_images: int = 
                 button = gr.Button("Predict", variant="primary", elem_id="predict")
             with gr.Column(scale=2):
                 answers = gr.Markdown("Upload one or more images, then press Predict.", elem_id="answers")
-                overlays = gr.Gallery(label="Grad-CAM: where the evidence for the predicted class lies", columns=3,
-                                      height=420, object_fit="contain", preview=False, elem_id="gradcam")
+                overlays = gr.Gallery(label="Grad-CAM: where the evidence for the predicted class lies", columns=2,
+                                      fit_columns=False, object_fit="contain", preview=False,
+                                      format="png", elem_id="gradcam")
         rows = gr.Dataframe(label="As `python -m covid_mobilenet.predict` prints it", elem_id="rows", wrap=True)
         with gr.Accordion("The run", open=True):
             gr.Markdown(run_overview(metrics, run), elem_id="run")

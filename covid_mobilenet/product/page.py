@@ -21,6 +21,7 @@ from PIL import Image
 
 from ..analysis.calibration_report import calibration_lines
 from ..analysis.results import RunNotFound, best_run, finished_runs
+from ..common.paths import PROJECT_ROOT
 from ..common.run_layout import METRICS_FILE
 from ..data.image_files import decodable_bytes
 from .model_card import INTENDED_USE, shortcut_lines
@@ -57,6 +58,14 @@ def run_to_serve(results_dir: Path, run: Path | None = None) -> tuple[Path, bool
     return Path(run), bool(json.loads(metrics_file.read_text())["dataset"].get("demo"))
 
 
+def _shown(path: Path) -> Path:
+    """A path inside the project relative to it (results/...), any other as it is."""
+    try:
+        return Path(path).resolve().relative_to(PROJECT_ROOT)
+    except ValueError:
+        return Path(path)
+
+
 def _percent(value: float) -> str:
     return f"{100 * value:.1f}%"
 
@@ -69,7 +78,7 @@ def run_overview(metrics: dict, run: Path) -> str:
     accuracy = _percent(test["accuracy"]) + (f" (95% interval {_percent(interval['low'])} to {_percent(interval['high'])}, "
                                              f"{interval['method']})" if interval else "")
     lines = [
-        f"**Run** `{run}`: configuration **{metrics['experiment']}** (backbone "
+        f"**Run** `{_shown(run)}`: configuration **{metrics['experiment']}** (backbone "
         f"{'fine-tuned' if params.get('train_base') else 'frozen'}, {params['hidden_layers']} x Dense({params['dense_units']}), "
         f"learning rate {params['learning_rate']:g}, {metrics['epochs_run']} epochs, {params['image_size']} px), seed "
         f"{params['seed']}, split `{dataset['split_sha256'][:12]}` ({'synthetic demo set' if dataset.get('demo') else 'COVID-19 Radiography Database'}, "
@@ -117,7 +126,7 @@ class Answers:
     table: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
-def figure_pixels(figure, dpi: int = 150) -> np.ndarray:
+def figure_pixels(figure, dpi: int = 200) -> np.ndarray:
     """A Matplotlib figure rendered to RGB pixels."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 

@@ -183,9 +183,9 @@ def gradcam_figures(trained: TrainedModel, pixels, paths: list[Path], table, lun
         for offset, cam in enumerate(cams):
             index = start + offset
             row = table.iloc[index]
-            title = f"{row['predicted']} ({row[f'p_{row.predicted}']:.2f})"
+            title = f"{row['predicted']} ({row[f'p_{row.predicted}']:.2f}), Grad-CAM {gradcam.layer}"
             yield overlay_panel(pixels[index:index + 1], [cam], [title], [lungs[index] if lungs else None], 1,
-                                f"{paths[index].name}: Grad-CAM ({gradcam.layer})")
+                                paths[index].name)
 
 
 def write_gradcam(trained: TrainedModel, pixels, paths: list[Path], table, folder: Path) -> list[Path]:
