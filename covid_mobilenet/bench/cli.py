@@ -2,6 +2,7 @@
 
     python -m covid_mobilenet.benchmark              # 2,000 images of 299x299 at image_size 224, about 15 min on 2 cores
     python -m covid_mobilenet.benchmark --full-size  # adds the memory check: one fast configuration on 21,165 images
+    python -m covid_mobilenet.benchmark --duplicates # only the near-duplicate figures (a few minutes), into bench.json
 
 It prints a table and writes ``results/bench.json`` with:
 
@@ -23,11 +24,14 @@ It prints a table and writes ``results/bench.json`` with:
   test accuracy minus the float32 model's, in points, both measured in this run on the whole test split;
 - ``peak_rss_gib``: this process's peak resident memory; with ``--full-size``,
   ``full_size.peak_rss_gib`` is the peak of the notebook kernel that ran one fast configuration;
+- ``duplicates`` (``--duplicates``, ``bench/duplicates.py``): recall on known near-copies and false matches among
+  known distinct films, and the seconds to fingerprint and group the 21,165-image set, first and cached;
 - the raw figures and the machine (CPU, cores, GPUs, versions).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
 from pathlib import Path
@@ -58,11 +62,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=2, help="epochs of each configuration in the fast-sweep comparison (default: %(default)s)")
     parser.add_argument("--full-size", action="store_true",
                         help=f"also run one fast configuration on {FULL_SIZE_IMAGES:,} generated images and record its peak memory")
+    parser.add_argument("--duplicates", action="store_true", help="measure only the near-duplicate search (recall, false "
+                        f"matches, time on {FULL_SIZE_IMAGES:,} images) and add it to the output file")
     parser.add_argument("--data-dir", type=Path, default=DATA_DIR, help="where the generated sets go (default: %(default)s)")
     parser.add_argument("--output", type=Path, default=BENCH_FILE, help="(default: %(default)s)")
     parser.add_argument("--run", type=Path, help="the trained run whose LiteRT exports are compared (default: the best "
                                                  "finished real run, else the best demo run)")
     args = parser.parse_args(argv)
+    if args.duplicates:
+        return measure_duplicates(args)
 
     started = time.perf_counter()
     root = ensure_data(args.data_dir / f"{args.images}", args.images)
@@ -103,6 +111,21 @@ def main(argv: list[str] | None = None) -> int:
     print("time: " + ", ".join(f"{phase} {seconds:.0f} s" for phase, seconds in phases.items())
           + f"; total {bench['seconds']:.0f} s")
     print(f"\nwritten to {args.output}")
+    return 0
+
+
+def measure_duplicates(args) -> int:
+    """``--duplicates``: the near-duplicate figures, added to the output file beside the others."""
+    from .duplicates import grouping_time, known_pairs
+
+    bench = json.loads(args.output.read_text()) if args.output.is_file() else {}
+    figures = known_pairs()
+    print(f"near-duplicates: recall {figures['recall']} ({100 * figures['recall_all']:.1f}% of {figures['copies']} copies); "
+          f"{figures['false_matches']} false matches in {figures['distinct_pairs']:,} pairs of different films")
+    figures["full_size"] = grouping_time(ensure_data(args.data_dir / "full", FULL_SIZE_IMAGES))
+    bench["duplicates"] = {**figures, "machine": machine()}
+    write_json(args.output, bench)
+    print(f"written to {args.output}")
     return 0
 
 

@@ -13,8 +13,11 @@ almost normal:
 
 It also writes lung masks (256x256, like the real ones), a metadata
 spreadsheet per class naming each image's source, a few RGB images among
-the grayscale ones, and a few exact duplicates, so the loader's quirks are
-exercised. Output is deterministic for a given seed.
+the grayscale ones, a few exact duplicates and a few planted near-duplicates (the
+last images of each class: a re-encoded, resized, brightened, cropped or noisy copy of an
+earlier image, from the second class on the first of them a copy of the previous class's
+image, a label conflict), so the loader's quirks and the audit are exercised; ``demo.json``
+lists every copy. Output is deterministic for a given seed.
 
 **A planted shortcut.** As in the real collections, where scanner text and
 markers come with the source, every image of one source (a COVID-only
@@ -42,6 +45,7 @@ from PIL import Image
 
 from ..common.files import write_atomic
 from ..common.paths import PROJECT_ROOT
+from .duplicates import TRANSFORMS, near_copy
 from .layout import DATASET_FOLDER, IMAGES_FOLDER, MASKS_FOLDER, REAL_CLASS_COUNTS
 
 DEFAULT_DEMO_DIR = PROJECT_ROOT / "data" / "demo" / DATASET_FOLDER
@@ -58,7 +62,8 @@ DEMO_NOTE = (
     "It holds a planted shortcut: the images of the source 'demo-hospital-A' (COVID only, mild cases) carry a "
     "bright marker above the left lung, outside the lungs, like scanner text in real collections.\n"
 )
-DEMO_VERSION = 2  # 2: metadata spreadsheets, sources and the planted marker; an older set is regenerated
+DEMO_VERSION = 3  # 2: metadata spreadsheets, sources, the planted marker; 3: near-duplicates; an older set is regenerated
+NEAR_DUPLICATE_SHARE = 0.01  # of each class (at least one): planted near-copies, listed in demo.json
 # Where each class's images come from (source, share), like the real release: one COVID-only source,
 # a screening source for Lung_Opacity and Normal (RSNA), a paediatric one for Viral Pneumonia and Normal
 # (the Kaggle pneumonia set), and a hospital that sends a few of everything.
@@ -173,16 +178,25 @@ def generate_demo_dataset(
     root.mkdir(parents=True, exist_ok=True)
     (root / DEMO_MARKER).write_text(DEMO_NOTE)  # first, so an interrupted write is recognised and redone
     rng = np.random.default_rng(seed)
+    copies, earlier = [], None  # every known duplicate; the previous class's unmarked images, for a copy across classes
     for label, count in class_counts(images).items():
         image_folder, mask_folder = root / label / IMAGES_FOLDER, root / label / MASKS_FOLDER
         image_folder.mkdir(parents=True)
         mask_folder.mkdir(parents=True)
         names, shares = list(DEMO_SOURCES[label]), list(DEMO_SOURCES[label].values())
-        previous, rows = None, []
+        previous, rows, made = None, [], []
+        planted = max(1, round(NEAR_DUPLICATE_SHARE * count))
         for n in range(1, count + 1):
             name = f"{label}-{n}.png"
-            if previous is not None and rng.uniform() < DUPLICATE_SHARE:
+            if n > count - planted and len(made) > 1:  # a near-copy of an earlier image (of the previous class: a conflict)
+                across = n == count - planted + 1 and earlier is not None
+                of, pixels, mask, source = (earlier if across else made)[int(rng.integers(len(earlier if across else made)))]
+                kind = TRANSFORMS[len(copies) % len(TRANSFORMS)]
+                pixels = np.asarray(near_copy(Image.fromarray(pixels, mode="L"), kind, rng))
+                copies.append({"path": f"{label}/{IMAGES_FOLDER}/{name}", "of": of, "kind": kind, "across_classes": across})
+            elif previous is not None and rng.uniform() < DUPLICATE_SHARE:
                 pixels, mask, source = previous  # an exact duplicate, as the real set has
+                copies.append({"path": f"{label}/{IMAGES_FOLDER}/{name}", "of": made[-1][0], "kind": "exact", "across_classes": False})
             else:
                 source = names[rng.choice(len(names), p=shares)]
                 severity = MARKED_SEVERITY if source == MARKED_SOURCE else (0.4, 1.0)
@@ -197,15 +211,18 @@ def generate_demo_dataset(
             mask_image = Image.fromarray((mask * 255).astype(np.uint8), mode="L").resize((MASK_SIZE, MASK_SIZE), Image.NEAREST)
             mask_image.save(mask_folder / name)
             previous = (pixels, mask, source)
+            made.append((f"{label}/{IMAGES_FOLDER}/{name}", pixels, mask, source))
             rows.append({"FILE NAME": f"{METADATA_NAMES.get(label, label)}-{n}", "FORMAT": "PNG",
                          "SIZE": f"{image_size}*{image_size}", "URL": source})
         write_spreadsheet(pd.DataFrame(rows), root / f"{label}.metadata.xlsx")
+        earlier = [image for image in made if image[3] != MARKED_SOURCE] or None  # the marker stays with its class
     settings = {
         "version": DEMO_VERSION, "images": images, "seed": seed, "image_size": image_size, "class_counts": class_counts(images),
         "sources": DEMO_SOURCES,
         "planted_shortcut": {"source": MARKED_SOURCE, "class": "COVID", "box": list(MARKER_BOX),
                              "what": "a bright text-like marker above the left lung, outside the lung mask; the source's cases are mild",
                              "severity": list(MARKED_SEVERITY)},
+        "duplicates": copies,  # path, of (the original), kind ("exact" or a data.duplicates transformation), across_classes
     }
     write_atomic(root / DEMO_RECORD, json.dumps(settings, indent=2) + "\n")  # last: the set is complete
     return root

@@ -6,7 +6,9 @@ training images; they define three input regions:
 
 - ``full``: the image as it is;
 - ``lungs``: only the lungs kept, everything outside the mask black;
-- ``no_lungs``: the lungs blacked out, everything else kept.
+- ``no_lungs``: the lungs blacked out, everything else kept;
+- ``lungs_blurred`` (a test-time check only): the lungs replaced by a heavy blur of themselves, the mask's edge
+  feathered, so the image stays close to a film the model was trained on while the lungs' detail is gone.
 
 A model that still scores far above chance on ``no_lungs`` images reads something other
 than the lungs. Every mask is checked before it is used; an image without a usable mask is
@@ -25,8 +27,9 @@ from PIL import Image
 from .layout import MASKS_FOLDER, DatasetError
 from .split import Split, empty_cells, split_hash
 
-REGIONS = ("full", "lungs", "no_lungs")
-REGION_LABELS = {"full": "full image", "lungs": "lungs only", "no_lungs": "no lungs"}
+REGIONS = ("full", "lungs", "no_lungs")  # what a model may be trained on (run_all.py --regions)
+TEST_REGIONS = (*REGIONS, "lungs_blurred")  # what every model is tested on (run/shortcut_checks.py)
+REGION_LABELS = {"full": "full image", "lungs": "lungs only", "no_lungs": "no lungs", "lungs_blurred": "lungs blurred"}
 MASK_SIZE = 256  # the release's masks; another size is still used (resized), and counted
 USABLE = ("ok", "other size")
 MASK_STATUSES = ("ok", "other size", "missing", "unreadable", "empty")

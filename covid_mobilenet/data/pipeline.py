@@ -45,10 +45,25 @@ def load_mask(path: tf.Tensor, image_size: int) -> tf.Tensor:
     return mask[..., 0] > THRESHOLD
 
 
+BLUR_SHARE = 1 / 16  # lungs_blurred: the image shrunk to 1/16 of its side and enlarged back, a heavy blur
+FEATHER_SHARE = 1 / 8  # and the mask's edge softened the same way at 1/8, so no sharp outline is drawn
+
+
 def apply_region(image: tf.Tensor, lungs: tf.Tensor, region: str) -> tf.Tensor:
-    """The image with the pixels outside ``region`` (masks.REGIONS) black."""
+    """The image with the pixels outside ``region`` (masks.TEST_REGIONS) black, or its lungs blurred."""
     if region == "full":
         return image
+    if region == "lungs_blurred":
+        side = tf.shape(image)[:2]
+
+        def smooth(x, share):
+            small = tf.maximum(tf.cast(tf.cast(side, tf.float32) * share, tf.int32), 2)
+            return tf.image.resize(tf.image.resize(x, small, antialias=True), side, method="bilinear")
+
+        pixels = tf.cast(image, tf.float32)
+        weight = tf.clip_by_value(smooth(tf.cast(lungs[..., None], tf.float32), FEATHER_SHARE), 0.0, 1.0)
+        mixed = pixels * (1 - weight) + smooth(pixels, BLUR_SHARE) * weight
+        return tf.cast(tf.clip_by_value(tf.round(mixed), 0.0, 255.0), tf.uint8)
     keep = lungs if region == "lungs" else tf.logical_not(lungs)
     return image * tf.cast(keep[..., None], image.dtype)
 

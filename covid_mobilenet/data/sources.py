@@ -103,3 +103,28 @@ def summarise(test: pd.DataFrame, sources: Sources) -> dict:
         "unknown_source": int(np.sum([sources.of.get(p, "").startswith("unknown") for p in test["path"]])),
         "problems": sources.problems,
     }
+
+
+def hold_out(split, root: str | os.PathLike, holdout: str):
+    """The split with every image of one class from one source (``holdout``: "<Class>=<source>") moved to test:
+    never trained or validated on, tested on beside the class's other sources. (new Split, record)"""
+    from .layout import DatasetError
+    from .split import Split, split_hash
+
+    label, source = (part.strip() for part in holdout.split("=", 1))
+    table = split.table
+    if label not in set(table["label"]):
+        raise DatasetError(f"holdout_source={holdout!r}: no class {label!r} in the data set ({sorted(set(table['label']))})")
+    of = read_sources(root, table["path"].tolist(), table["label"].tolist()).of
+    held = (table["label"] == label) & (table["path"].map(of) == source)
+    if not held.any():
+        known = sorted({of[p] for p in table.loc[table["label"] == label, "path"]})
+        raise DatasetError(f"holdout_source={holdout!r}: no {label} image comes from {source!r}; its sources: {known}")
+    table = table.assign(split=table["split"].where(~held, "test"))
+    for subset in ("train", "val"):
+        if not ((table["split"] == subset) & (table["label"] == label)).any():
+            raise DatasetError(f"holdout_source={holdout!r}: no {label} image from another source is left for {subset}; "
+                               "a class with a single source cannot be held out")
+    record = {"class": label, "source": source, "images": int(held.sum()),
+              "moved_from": {s: int(((split.table["split"] == s) & held).sum()) for s in ("train", "val", "test")}}
+    return Split(table, split_hash(table)), record

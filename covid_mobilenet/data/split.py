@@ -1,5 +1,6 @@
-"""The train/val/test split: stratified by class, seeded, and grouped so that identical images
-(the data set has exact duplicates) never straddle two splits. Its hash identifies it in every run's record."""
+"""The train/val/test split: stratified by class, seeded, and grouped so that identical images (the data set has
+exact duplicates) and near-duplicates (``data/grouping.py``) never straddle two splits. Its hash identifies it in
+every run's record."""
 from __future__ import annotations
 
 import hashlib
@@ -50,10 +51,11 @@ def empty_cells(table: pd.DataFrame, labels) -> list[str]:
 def split_images(
     images: pd.DataFrame, *, val_fraction: float = 0.16, test_fraction: float = 0.2, seed: int = 42
 ) -> Split:
-    """Stratified, seeded train/val/test split in which identical images share a split.
+    """Stratified, seeded train/val/test split in which the images of a group share a split.
 
-    Files with the same content form one group; each group is stratified by its
-    most common label, and scikit-learn splits the groups.
+    The groups are the ``group`` column (near-duplicate groups, ``data/grouping.py``) when there is one, else
+    the files with the same content; each group is stratified by its most common label, and scikit-learn
+    splits the groups.
     """
     if not (0 < val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 1):
         raise DatasetError(
@@ -61,8 +63,9 @@ def split_images(
             "and add up to less than 1."
         )
     images = images.sort_values("path", ignore_index=True)
+    key = "group" if "group" in images else "sha256"
     group_label = (
-        images.sort_values(["sha256", "label"]).groupby("sha256")["label"].agg(lambda labels: labels.mode().iloc[0])
+        images.sort_values([key, "label"]).groupby(key)["label"].agg(lambda labels: labels.mode().iloc[0])
     )
     try:
         rest, test = train_test_split(
@@ -79,7 +82,7 @@ def split_images(
             "Each class needs enough distinct images for every split."
         ) from None
     split_of_group = {sha: name for name, part in (("train", train), ("val", val), ("test", test)) for sha in part.index}
-    table = images[["path", "label"]].assign(split=images["sha256"].map(split_of_group))
+    table = images[["path", "label"]].assign(split=images[key].map(split_of_group))
     missing = empty_cells(table, images["label"])
     if missing:
         raise DatasetError(

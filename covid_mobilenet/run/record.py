@@ -48,6 +48,8 @@ def metrics_record(model: keras.Model, data, predictions: dict[str, pd.DataFrame
             "skipped": [{"path": s.path, "reason": s.reason} for s in data.index.skipped],
             "input_region": params["input_region"],
             "masks": data.masks,  # input_region other than full: which images had no usable mask and were left out
+            "duplicates": data.duplicates,  # near-duplicate groups, label conflicts (data/grouping.py)
+            "holdout_source": data.holdout,  # a class's images from one source, moved to test (data/sources.py)
         },
         "model": {
             "name": model.name,

@@ -12,6 +12,10 @@ Nanni 2020). For every run, on its test images:
   the images that have a usable mask; a model far above that rate with no lungs reads
   something else (on the full images these are the test predictions; the no-lungs
   probabilities are kept, ``p_no_lungs_<class>``, to see how confident the model is without lungs);
+- **the lungs blurred** (``lungs_blurred``): blacking the lungs out makes an image unlike any the model was
+  trained on, and such a model often answers one class for all of them, blind to a marker outside the lungs;
+  with the lungs replaced by a heavy blur of themselves the image stays close to a training film, so a model
+  that reads a local marker still answers the marked source's class;
 - **accuracy per class and source**, from the data set's metadata spreadsheets;
 - on the demo set, whose description names a planted marker, the Grad-CAM energy on it.
 
@@ -65,7 +69,7 @@ def analyse(model: keras.Model, root: Path, test: pd.DataFrame, class_names: lis
     masked = np.flatnonzero(has_mask)
     majority = table.loc[masked, "true"].value_counts(normalize=True)
     regions = {}
-    for region in masks.REGIONS:
+    for region in masks.TEST_REGIONS:
         if region == "full" and input_region == "full":  # the test predictions themselves: no second pass
             probabilities = test.loc[masked, [f"p_{name}" for name in class_names]].to_numpy(np.float64)
         else:
@@ -196,6 +200,8 @@ def _marker_summary(table: pd.DataFrame, marker: dict) -> dict:
         "accuracy_same_class_unmarked": accuracy(same_class, "predicted_full"),
         "no_lungs_accuracy_marked": accuracy(marked, "predicted_no_lungs"),
         "no_lungs_accuracy_same_class_unmarked": accuracy(same_class, "predicted_no_lungs"),
+        "blurred_lungs_accuracy_marked": accuracy(marked, "predicted_lungs_blurred"),
+        "blurred_lungs_accuracy_same_class_unmarked": accuracy(same_class, "predicted_lungs_blurred"),
     }
 
 

@@ -21,7 +21,7 @@ from matplotlib.figure import Figure
 from ..analysis import calibration as calibration_analysis
 from ..analysis.calibration_report import reliability_figure, risk_coverage_figure
 from ..common.config import calibration_settings, load_config
-from ..common.files import ensure_writable
+from ..common.files import ensure_writable, write_csv
 from ..common.paths import resolve_path
 from ..common.run_layout import (GRADCAM_FILE, RELIABILITY_FILE, RISK_COVERAGE_FILE, TENSORBOARD_FOLDER, backup_dir, run_dir,
                                  split_file_name)
@@ -29,7 +29,9 @@ from ..data.locate import locate_dataset
 from ..data.masks import restrict_to_masked
 from ..data.pipeline import SplitPipelines, split_pipelines
 from ..data.scan import ImageIndex, scan_dataset
-from ..data.split import Split, split_images
+from ..data.grouping import grouped_split
+from ..data.sources import hold_out
+from ..data.split import Split
 from ..model import batchnorm, training
 from ..model.features import FeatureCache, cached_features
 from ..model.inference import predicted_probabilities
@@ -51,6 +53,8 @@ class PreparedData:
     pipelines: SplitPipelines
     features: FeatureCache | None = None  # fast mode: the backbone's cached features the pipelines serve
     masks: dict | None = None  # input_region other than full: the mask check, and the images left out
+    duplicates: dict | None = None  # near-duplicate groups and label conflicts: counts and the table's file
+    holdout: dict | None = None  # holdout_source: the class and source moved to test, and how many images
     calibration_settings: dict | None = None  # experiments.json's targets, checked against the classes before training
 
     @property
@@ -82,13 +86,18 @@ def prepare_data(params: dict, runtime: Runtime) -> PreparedData:
     root = locate_dataset(None if params["data_dir"] is None else resolve_path(params["data_dir"]))
     index = scan_dataset(root, strict=params["strict_data"])
     targets = checked_calibration_settings(index.class_names)
-    split = split_images(
-        index.images, val_fraction=params["val_fraction"], test_fraction=params["test_fraction"], seed=params["split_seed"]
-    )
+    split, groups, duplicates = grouped_split(
+        index.root, index.images, resolve_path(params["feature_dir"]), keep_conflicts=params["keep_label_conflicts"],
+        val_fraction=params["val_fraction"], test_fraction=params["test_fraction"], seed=params["split_seed"])
+    results_dir, holdout = resolve_path(params["results_dir"]), None
+    if params["holdout_source"]:
+        split, holdout = hold_out(split, index.root, params["holdout_source"])
+    else:  # the table of every near-duplicate group, with the split of each image
+        write_csv(results_dir / duplicates["file"], groups.with_splits(split.table).assign(split_sha256=split.sha256[:12]))
     region, mask_record = params["input_region"], None
     if region != "full":  # the images without a usable lung mask cannot be shown as that region: left out, counted
         split, mask_record = restrict_to_masked(split, index.root)
-    split_file = resolve_path(params["results_dir"]) / split_file_name(split.sha256)
+    split_file = results_dir / split_file_name(split.sha256)
     if not split_file.exists():
         split.save(split_file)
     batch_size = runtime.global_batch(params["batch_size"])
@@ -98,13 +107,14 @@ def prepare_data(params: dict, runtime: Runtime) -> PreparedData:
             weights=params["weights"], seed=params["seed"], batch_size=batch_size, region=region,
         )
         pipelines = features.pipelines(split, index.class_names, batch_size=batch_size, seed=params["seed"])
-        return PreparedData(index.root, index, split, split_file, pipelines, features, mask_record, targets)
+        return PreparedData(index.root, index, split, split_file, pipelines, features, mask_record, targets, duplicates, holdout)
     cache_dir = None if params["cache_dir"] is None else resolve_path(params["cache_dir"])
     pipelines = split_pipelines(
         split, index.root, index.class_names, image_size=params["image_size"],
         batch_size=batch_size, seed=params["seed"], cache_dir=cache_dir, region=region,
     )
-    return PreparedData(index.root, index, split, split_file, pipelines, masks=mask_record, calibration_settings=targets)
+    return PreparedData(index.root, index, split, split_file, pipelines, masks=mask_record, calibration_settings=targets,
+                        duplicates=duplicates, holdout=holdout)
 
 
 def checked_calibration_settings(class_names: list[str]) -> dict:

@@ -17,7 +17,8 @@ from ..data.demo import DEFAULT_DEMO_DIR, demo_dataset_complete, generate_demo_d
 from ..data.layout import DatasetError
 from ..data.locate import locate_dataset
 from ..data.scan import scan_dataset
-from ..data.split import split_images
+from ..data.grouping import grouped_split
+from ..data.sources import hold_out
 from ..model import demo_backbone
 from ..model.weights import ensure_weights_available
 from .plan import Job, Mode
@@ -57,7 +58,8 @@ def preflight(jobs: list[Job], mode: Mode, say: Callable[[str], None] = print) -
     for job in jobs:
         params = job.params
         data_dir = params["data_dir"]
-        split_key = (data_dir, params["strict_data"], params["val_fraction"], params["test_fraction"], params["split_seed"])
+        split_key = (data_dir, params["strict_data"], params["val_fraction"], params["test_fraction"], params["split_seed"],
+                     params["keep_label_conflicts"], params["holdout_source"])
         if split_key in splits_checked:  # the seeds of a configuration, and most configurations, share one split
             continue
         try:
@@ -68,7 +70,12 @@ def preflight(jobs: list[Job], mode: Mode, say: Callable[[str], None] = print) -
                 say(f"Checking every image under {root}")
                 indexes[data_dir, params["strict_data"]] = scan_dataset(root, strict=params["strict_data"])
             index = indexes[data_dir, params["strict_data"]]
-            split_images(index.images, val_fraction=params["val_fraction"], test_fraction=params["test_fraction"], seed=params["split_seed"])
+            # near-duplicates grouped once here, their fingerprints cached for every run (data/grouping.py)
+            split, _, _ = grouped_split(index.root, index.images, resolve_path(params["feature_dir"]),
+                                        keep_conflicts=params["keep_label_conflicts"], val_fraction=params["val_fraction"],
+                                        test_fraction=params["test_fraction"], seed=params["split_seed"])
+            if params["holdout_source"]:
+                hold_out(split, index.root, params["holdout_source"])
             splits_checked.add(split_key)
         except DatasetError as exc:
             raise SweepError(f"Experiment {job.name}: {exc}") from None

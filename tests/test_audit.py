@@ -1,0 +1,131 @@
+"""The data set audited: near-duplicates (known copies found, distinct films kept apart, groups kept in one split,
+label conflicts left out and listed), the source probe, leaving one source out, and the CLAIM checklist."""
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from covid_mobilenet.data import duplicates, grouping
+from covid_mobilenet.data.demo import DEMO_RECORD, generate_demo_dataset
+from covid_mobilenet.data.layout import DatasetError
+from covid_mobilenet.data.scan import scan_dataset
+from covid_mobilenet.data.sources import hold_out
+from covid_mobilenet.data.split import split_images
+
+
+@pytest.fixture(scope="module")
+def films(tmp_path_factory):
+    """A generated set of 200 films at the real size, with its known copies (demo.json)."""
+    root = generate_demo_dataset(tmp_path_factory.mktemp("films") / "COVID-19_Radiography_Dataset", images=200, seed=5)
+    return root, json.loads((root / DEMO_RECORD).read_text())["duplicates"]
+
+
+def _confirmed(prints: list) -> set[tuple[int, int]]:
+    hashes, thumbs = np.stack([h for h, _ in prints]), np.stack([t for _, t in prints])
+    pairs = duplicates.candidate_pairs(hashes)
+    return {(int(i), int(j)) for (i, j, _), s in zip(pairs, duplicates.similarities(thumbs, pairs))
+            if s >= duplicates.PIXEL_SIMILARITY}
+
+
+def test_every_kind_of_copy_is_found_and_distinct_films_are_not_merged(films):
+    """Known pairs: each transformation of ten films, with two crops of each extreme size; known distinct films:
+    every other film of the set, which all resemble each other (one template per class)."""
+    root, planted = films
+    related = {copy[key] for copy in planted for key in ("path", "of")}
+    paths = [p for p in sorted(root.glob("*/images/*.png")) if p.relative_to(root).as_posix() not in related]
+    pictures = [Image.open(p).convert("L") for p in paths]
+    rng = np.random.default_rng(0)
+    prints = [duplicates.fingerprint(p) for p in pictures]
+    origin = list(range(len(pictures)))
+    for n in rng.choice(len(pictures), 10, replace=False):
+        for kind in duplicates.TRANSFORMS:
+            prints.append(duplicates.fingerprint(duplicates.near_copy(pictures[n], kind, rng)))
+            origin.append(n)
+        for share in (0.02, 0.06):  # the smallest and largest border crops
+            crop = duplicates._crop(pictures[n], share).resize(pictures[n].size, Image.BICUBIC)
+            prints.append(duplicates.fingerprint(crop))
+            origin.append(n)
+    found = _confirmed(prints)
+    copies = [(origin[row], row) for row in range(len(pictures), len(origin))]
+    assert all(pair in found for pair in copies), [pair for pair in copies if pair not in found]
+    assert not [(i, j) for i, j in found if origin[i] != origin[j]], "two different films merged"
+
+
+def test_the_demo_sets_planted_copies_are_grouped_and_nothing_else_is(films, tmp_path):
+    root, planted = films
+    index = scan_dataset(root)
+    groups = grouping.group_images(root, index.images, tmp_path)
+    group_of = dict(zip(groups.images["path"], groups.images["group"]))
+    assert planted and all(group_of[c["path"]] == group_of[c["of"]] for c in planted)
+    assert {c["kind"] for c in planted} >= set(duplicates.TRANSFORMS) | {"exact"} or len(planted) < 6
+    known = {c["path"] for c in planted} | {c["of"] for c in planted}
+    assert set(groups.table["path"]) == known, "every image in a group is a planted copy or its original"
+
+
+def test_a_label_conflict_is_left_out_listed_and_counted_and_a_group_never_straddles_splits(films, tmp_path):
+    """A film copied under another class (resized) and five more copies in its own class: the conflict's images are
+    in no split and listed; each group's images share one split; a split by file content alone would cut some."""
+    source, _ = films
+    root = tmp_path / "COVID-19_Radiography_Dataset"
+    shutil.copytree(source, root)
+    rng = np.random.default_rng(1)
+    covid = sorted((root / "COVID" / "images").glob("*.png"))[:6]
+    duplicates.near_copy(Image.open(covid[0]), "resize", rng).save(root / "Normal" / "images" / "Normal-copy.png")
+    for n, film in enumerate(covid[1:]):
+        for k in range(3):
+            duplicates.near_copy(Image.open(film), duplicates.TRANSFORMS[k], rng).save(film.with_name(f"COVID-copy-{n}-{k}.png"))
+    index = scan_dataset(root)
+    split, groups, record = grouping.grouped_split(root, index.images, tmp_path / "cache", val_fraction=0.16,
+                                                   test_fraction=0.2, seed=42)
+    conflict = {"Normal/images/Normal-copy.png", covid[0].relative_to(root).as_posix()}
+    assert conflict <= set(groups.conflicts["path"]), "the film and its copy under Normal are a listed conflict"
+    assert not conflict & set(split.table["path"]), "left out of training, validation and testing"
+    assert record["groups_across_classes"] >= 1 and record["images_in_conflicts"] >= 2 and record["conflicts_left_out"]
+    table = groups.with_splits(split.table)
+    assert set(table.loc[table["path"].isin(conflict), "split"]) == {grouping.LEFT_OUT}
+    kept = table[~table["conflict"]]
+    assert kept.groupby("group")["split"].nunique().eq(1).all(), "a group in two splits"
+    assert record["would_have_crossed_splits"] > 0, "grouping by file content alone would have cut a group"
+    assert split.sha256 != split_images(index.images, val_fraction=0.16, test_fraction=0.2, seed=42).sha256
+
+    kept_split, kept_groups, kept_record = grouping.grouped_split(
+        root, index.images, tmp_path / "cache", keep_conflicts=True, val_fraction=0.16, test_fraction=0.2, seed=42)
+    assert conflict <= set(kept_split.table["path"]) and not kept_record["conflicts_left_out"]
+    assert kept_split.table[kept_split.table["path"].isin(conflict)]["split"].nunique() == 1
+
+
+def test_fingerprints_are_cached_by_file_content(films, tmp_path, monkeypatch):
+    root, _ = films
+    images = scan_dataset(root).images
+    first = duplicates.fingerprints(root, images, tmp_path)
+
+    def no_decoding(path):
+        raise AssertionError(f"{path} decoded again")
+
+    monkeypatch.setattr(duplicates, "_file_fingerprint", no_decoding)
+    again = duplicates.fingerprints(root, images.iloc[::-1], tmp_path)  # another order, the same files
+    assert np.array_equal(again[0], first[0][::-1]) and np.array_equal(again[1], first[1][::-1])
+
+
+def test_holding_out_a_source_moves_its_images_of_that_class_to_test_and_refuses_a_single_source_class(films, tmp_path):
+    root, _ = films
+    index = scan_dataset(root)
+    split = split_images(index.images, val_fraction=0.16, test_fraction=0.2, seed=42)
+    held, record = hold_out(split, root, "COVID=demo-hospital-A")
+    sheet = pd.read_excel(root / "COVID.metadata.xlsx", dtype=str)
+    from_a = {f"COVID/images/{name}.png" for name in sheet.loc[sheet["URL"] == "demo-hospital-A", "FILE NAME"]}
+    moved = held.table[held.table["path"].isin(from_a)]
+    assert record["images"] == len(from_a) == len(moved) and set(moved["split"]) == {"test"}
+    others = held.table[~held.table["path"].isin(from_a)]
+    assert others.equals(split.table[~split.table["path"].isin(from_a)]), "nothing else moves"
+    assert held.sha256 != split.sha256
+    with pytest.raises(DatasetError, match="no COVID image comes from 'nowhere'"):
+        hold_out(split, root, "COVID=nowhere")
+    single = tmp_path / "COVID-19_Radiography_Dataset"  # every COVID image from one source: none left to train on
+    shutil.copytree(root, single)
+    sheet.assign(URL="demo-hospital-A").to_excel(single / "COVID.metadata.xlsx", index=False)
+    with pytest.raises(DatasetError, match="single source cannot be held out"):
+        hold_out(split, single, "COVID=demo-hospital-A")
