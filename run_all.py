@@ -26,6 +26,8 @@ EXAMPLES = """examples:
   python run_all.py --demo --regions            the baseline trained on full images, lungs only and no lungs, each
                                                 tested on all three: does the model need the lungs?
   python run_all.py --demo --export             then the best run as LiteRT float32/float16/int8, measured, with a model card
+  python run_all.py --demo --holdout-sources    the baseline trained without each (class, source) in turn, tested on it:
+                                                what does the model lose on a collection it never saw?
   python run_all.py --backend slurm --partition gpu --time 90 --setup "module load cuda"
                                                 the pending runs as one Slurm job array (see "Running on a cluster")
   python run_all.py --backend slurm --dry-run   the batch script that would be submitted, and the runs in it
@@ -63,6 +65,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="instead of the seven configurations, train the baseline on each input region (full images, "
                              "lungs only, no lungs: the data set's lung masks) and test each on every region; results in "
                              "<experiment>-lungs/ and <experiment>-no_lungs/ beside the sweep's, and in the summary")
+    parser.add_argument("--holdout-sources", nargs="*", metavar="CLASS",
+                        help="train the baseline once per (class, source) where the class has another source, with that "
+                             "source's images of the class held out of training and tested on (default: every class)")
     parser.add_argument("--export", action="store_true",
                         help="after the sweep, export the best finished run (highest test accuracy) to LiteRT float32, "
                              "float16 and int8, measured on its test split, with its model card (python -m covid_mobilenet.export)")
@@ -114,6 +119,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("give --seeds or --seed-values, not both")
     if args.regions and args.only:
         parser.error("--regions trains the baseline of the configurations file (its 'baseline'); leave out --only")
+    if args.holdout_sources is not None and (args.only or args.regions):
+        parser.error("--holdout-sources trains the baseline of the configurations file; leave out --only and --regions")
     if args.backend == "local" and (args.no_wait or args.setup or any(
             getattr(args, name) is not None for name in ("partition", "account", "time", "gpus", "cpus", "mem", "max_at_once"))):
         parser.error("the Slurm options (--partition, --time, --no-wait, ...) need --backend slurm")
@@ -188,8 +195,16 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(config_file)
         mode = plan.make_mode(config, demo=args.demo, fast=args.fast, results_dir=args.results_dir, graph_dir=args.graph_dir, data_dir=args.data_dir)
         seeds = plan.training_seeds(args.seeds, args.seed_values, notebook_defaults()["seed"])
+        holdout_plan = None
         if args.regions:
             jobs = plan.plan_regions(config, mode, cli_overrides(args), seeds)
+        elif args.holdout_sources is not None:
+            if mode.demo and not args.dry_run:
+                preflight.prepare_demo_data(mode, config)  # its sources are needed to plan
+            jobs, holdout_plan = plan.plan_holdouts(config, mode, cli_overrides(args), seeds, args.holdout_sources)
+            if not jobs:
+                raise preflight.SweepError("--holdout-sources: no class has two sources: " + "; ".join(
+                    f"{u['class']}: {u['reason']}" for u in holdout_plan["untestable"]))
         else:
             jobs = plan.plan(config, plan.select(config, args.only), mode, cli_overrides(args), seeds)
         if not (args.dry_run or args.summary_only):
@@ -203,8 +218,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     results_dir = resolve_path(mode.results_dir)
-    print(f"{mode.label} sweep{' of the input regions' if args.regions else ''}: {len(jobs)} runs "
-          f"({len(jobs) // len(seeds)} {'regions' if args.regions else 'configurations'} x {len(seeds)} "
+    if holdout_plan is not None and not args.dry_run:
+        from covid_mobilenet.common.files import write_json
+        from covid_mobilenet.common.run_layout import HOLDOUT_PLAN_FILE
+
+        write_json(results_dir / HOLDOUT_PLAN_FILE, holdout_plan)  # the summary lists the untestable classes from it
+    kind = "input regions" if args.regions else "held-out sources" if holdout_plan is not None else ""
+    print(f"{mode.label} sweep{' of the ' + kind if kind else ''}: {len(jobs)} runs "
+          f"({len(jobs) // len(seeds)} {kind or 'configurations'} x {len(seeds)} "
           f"seed{'s' if len(seeds) > 1 else ''}), results in {results_dir}")
     outcomes, to_run = [], []
     queued = still_queued(jobs, results_dir)  # by an earlier --backend slurm; none without Slurm
@@ -317,20 +338,21 @@ def dry_run(args, to_run, results_dir, mode) -> int:
 def finish(args, mode, config_file, seeds, jobs, outcomes, started, partial_ok=True) -> int:
     """The summary over what has finished, the closing table, the export; 1 when anything failed."""
     from covid_mobilenet.common.paths import resolve_path
-    from covid_mobilenet.sweep.notebooks import export_best, run_summary
+    from covid_mobilenet.sweep.notebooks import audit_data, export_best, run_summary
     from covid_mobilenet.sweep.outcomes import closing_table
 
     order = {job.name: i for i, job in enumerate(jobs)}
     outcomes.sort(key=lambda outcome: order[outcome.name])
+    audited = audit_data(mode, jobs)  # the data set's audit, from a finished run, before the summary reads it
     summary = run_summary(mode, config_file, args.kernel, seeds)
     print()
-    print(closing_table(outcomes + [summary]))
+    print(closing_table(outcomes + [audited, summary]))
     print(f"\ntotal {time.perf_counter() - started:.0f} s; summary: {resolve_path(mode.results_dir) / 'summary.md'}")
     exported = []
     if args.export:
         exported = [export_best(mode)]
         print(f"\nexport {exported[0].status} in {exported[0].seconds:.0f} s: {exported[0].detail}")
-    failed = [outcome for outcome in outcomes + [summary] + exported if outcome.status == "failed"]
+    failed = [outcome for outcome in outcomes + [audited, summary] + exported if outcome.status == "failed"]
     if failed:
         print(f"\n{len(failed)} failed; the executed notebooks show where:", file=sys.stderr)
         for outcome in failed:

@@ -2,6 +2,7 @@
 label conflicts left out and listed), the source probe, leaving one source out, and the CLAIM checklist."""
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -129,3 +130,87 @@ def test_holding_out_a_source_moves_its_images_of_that_class_to_test_and_refuses
     sheet.assign(URL="demo-hospital-A").to_excel(single / "COVID.metadata.xlsx", index=False)
     with pytest.raises(DatasetError, match="single source cannot be held out"):
         hold_out(split, single, "COVID=demo-hospital-A")
+
+
+def test_the_probe_reads_a_source_the_features_carry_and_not_one_they_do_not():
+    from covid_mobilenet.analysis.source_probe import probe_lines, source_probe
+
+    rng = np.random.default_rng(0)
+    sources = np.array(["hospital"] * 120 + ["screening"] * 80 + ["clinic"] * 3)
+    noise = rng.normal(size=(len(sources), 64)).astype(np.float32)
+    readable = noise.copy()
+    readable[sources == "screening", :8] += 1.5  # the screening collection's images look different
+    labels = ["COVID"] * len(sources)
+    carried = source_probe(readable, labels, list(sources))["COVID"]
+    assert carried["testable"] and carried["above_majority"] and carried["accuracy"] > 0.9
+    assert carried["majority"] == pytest.approx(120 / 200) and carried["left_out_sources"] == ["clinic"]
+    assert carried["interval"]["low"] <= carried["accuracy"] <= carried["interval"]["high"]
+    blind = source_probe(noise, labels, list(sources))["COVID"]
+    assert blind["testable"] and not blind["above_majority"] and blind["accuracy"] < blind["majority"] + 0.1
+    single = source_probe(noise[:50], ["Viral Pneumonia"] * 50, ["paediatric"] * 50)["Viral Pneumonia"]
+    assert not single["testable"] and single["reason"] == "a single source"
+    lines = probe_lines({"COVID": carried, "Viral Pneumonia": single})
+    assert "the features carry the source" in lines[0] and "not testable (a single source" in lines[1]
+
+
+def test_the_claim_checklist_says_done_not_done_or_not_possible_from_the_files(tmp_path):
+    from covid_mobilenet.analysis.claim import DONE, IMPOSSIBLE, NOT_DONE, claim_checklist, claim_markdown
+    from covid_mobilenet.analysis.results import collect_results
+    from tests.conftest import write_finished_run
+
+    write_finished_run(tmp_path, "mn_resultset1")
+    config = {"experiments": {"mn_resultset1": {}}}
+    status = {row["item"]: row["status"] for row in claim_checklist(collect_results(tmp_path, config), None, 0, demo=True)}
+    assert status["14"] == IMPOSSIBLE and status["32"] == IMPOSSIBLE, "what the data cannot give is said"
+    assert status["31"] == DONE and status["21a"] == NOT_DONE, "calibrated; made before near-duplicates were grouped"
+    metrics_file = tmp_path / "mn_resultset1" / "seed-42" / "metrics.json"
+    metrics = json.loads(metrics_file.read_text())
+    metrics["dataset"]["duplicates"] = {"file": "duplicates-abc.csv", "groups": 3, "groups_across_classes": 1,
+                                        "conflicts_left_out": True}
+    del metrics["calibration"]
+    metrics_file.write_text(json.dumps(metrics))
+    rows = claim_checklist(collect_results(tmp_path, config), None, 2, demo=True)
+    status = {row["item"]: row["status"] for row in rows}
+    assert status["21a"] == DONE and status["31"] == NOT_DONE
+    assert "2 held-out source run(s)" in next(r["where"] for r in rows if r["item"] == "30")
+    assert claim_markdown(rows)[2].startswith("| CLAIM item |") and len(claim_markdown(rows)) == 4 + len(rows)
+
+
+@pytest.mark.slow
+def test_holdout_sources_on_the_demo_trains_without_each_covid_source_and_tables_it(tmp_path):
+    """Two fast-mode runs of the baseline on the demo set, one per COVID source held out; the summary's table."""
+    from tests.conftest import TINY, run_all
+
+    data = generate_demo_dataset(tmp_path / "data" / "COVID-19_Radiography_Dataset", images=600, seed=0)
+    folders = ["--results-dir", str(tmp_path / "results"), "--graph-dir", str(tmp_path / "Graph"), "--data-dir", str(data)]
+    done = run_all("--demo", "--fast", "--holdout-sources", "COVID", *folders, *TINY)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    plan = json.loads((tmp_path / "results" / "holdout-sources.json").read_text())
+    assert [(t["class"], t["source"]) for t in plan["testable"]] == [("COVID", "demo-hospital-A"), ("COVID", "demo-hospital-B")]
+    table = pd.read_csv(tmp_path / "results" / "holdout_sources.csv")
+    assert list(zip(table["Class"], table["Source"])) == [("COVID", "demo-hospital-A"), ("COVID", "demo-hospital-B")]
+    for row in table.to_dict("records"):
+        metrics = json.loads((Path(row["Run"]) / "metrics.json").read_text())
+        held = metrics["dataset"]["holdout_source"]
+        assert (held["class"], held["source"]) == (row["Class"], row["Source"]) and row["Held-out images"] == held["images"]
+        split = pd.read_csv(tmp_path / "results" / metrics["dataset"]["split_file"])
+        assert metrics["dataset"]["counts"]["train"]["COVID"] > 0, "the class's other source is still trained on"
+        assert row["Held-out low"] <= row["Held-out accuracy"] <= row["Held-out high"]
+        assert len(split) == metrics["dataset"]["total_images"]
+    summary = (tmp_path / "results" / "summary.md").read_text()
+    assert "Leaving one source out" in summary and "Reporting checklist (CLAIM 2020)" in summary
+    assert (tmp_path / "Graph" / "Held_out_sources.png").is_file()
+    assert list((tmp_path / "results").glob("audit-*.json")), "the data set's audit"
+
+
+def test_holdout_sources_refuses_an_unknown_class_and_a_selection_of_configurations(demo_root, tmp_path):
+    from tests.conftest import run_all_here
+
+    folders = ["--results-dir", str(tmp_path / "results"), "--graph-dir", str(tmp_path / "Graph"), "--data-dir", str(demo_root)]
+    unknown = run_all_here("--demo", "--holdout-sources", "Pneumothorax", "--dry-run", *folders)
+    assert unknown.returncode == 2 and "unknown class(es) Pneumothorax" in unknown.stderr
+    only = run_all_here("--demo", "--holdout-sources", "--only", "mn_resultset2", "--dry-run", *folders)
+    assert only.returncode == 2 and "leave out --only" in only.stderr
+    planned = run_all_here("--demo", "--holdout-sources", "--dry-run", *folders)
+    assert planned.returncode == 0 and "held-out sources" in planned.stdout
+    assert "mn_resultset1-holdout-COVID-demo-hospital-A" in planned.stdout

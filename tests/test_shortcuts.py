@@ -240,3 +240,23 @@ def test_an_older_demo_set_without_sources_is_regenerated(tmp_path):
     (root / DEMO_RECORD).write_text(json.dumps(record))
     assert not demo_dataset_complete(root, 40), "a set from before the sources and the marker is made again"
     shutil.rmtree(root)
+
+
+def test_blurred_lungs_lose_their_detail_keep_their_brightness_and_leave_a_marker_outside_untouched(tmp_path):
+    rng = np.random.default_rng(0)
+    image = np.clip(120 + rng.normal(0, 40, (256, 256)), 0, 255).astype(np.uint8)  # textured everywhere
+    image[10:30, 10:60] = 255  # a bright marker outside the lungs
+    lung = np.zeros((256, 256), np.uint8)
+    lung[96:224, 64:192] = 255
+    _write(tmp_path / "image.png", image)
+    _write(tmp_path / "mask.png", lung)
+    shown = next(iter(region_images([str(tmp_path / "image.png")], image_size=256, region="lungs_blurred",
+                                    mask_paths=[str(tmp_path / "mask.png")]))).numpy()[..., 0].astype(float)
+    inside, original = shown[128:192, 96:160], image[128:192, 96:160].astype(float)
+    assert inside.std() < 0.2 * original.std(), "the lungs' detail is gone"
+    assert abs(inside.mean() - original.mean()) < 5, "their brightness stays"
+    assert (shown[10:30, 10:60] == 255).all(), "the marker outside the lungs is untouched"
+    far = np.ones((256, 256), bool)
+    far[64:256, 32:224] = False  # well away from the lungs and their feathered edge
+    assert np.abs(shown[far] - image[far]).max() <= 1
+    assert "lungs_blurred" in masks.TEST_REGIONS and "lungs_blurred" not in masks.REGIONS, "a test-time check only"

@@ -69,7 +69,8 @@ class RunNotFound(LookupError):
 def finished_runs(results_dir: str | os.PathLike, *, allow_demo: bool = False) -> list[tuple[float, Path]]:
     """(test accuracy, run folder) of every finished run of the sweep in ``results_dir`` that kept its model and was
     trained on full images: ``<results_dir>/<experiment>/seed-<seed>/``, not the runs of another folder inside it
-    (results/fast/, results/demo/) nor the runs of --regions, whose models take images with a region blacked out."""
+    (results/fast/, results/demo/) nor the runs of --regions, whose models take images with a region blacked out,
+    nor those of --holdout-sources, trained without one source."""
     runs = []
     for metrics_file in sorted(Path(results_dir).glob(f"*/seed-*/{METRICS_FILE}")):
         try:
@@ -79,8 +80,8 @@ def finished_runs(results_dir: str | os.PathLike, *, allow_demo: bool = False) -
             continue
         if metrics.get("dataset", {}).get("demo") and not allow_demo:
             continue
-        if metrics.get("params", {}).get("input_region", "full") != "full":
-            continue
+        if metrics.get("params", {}).get("input_region", "full") != "full" or metrics.get("params", {}).get("holdout_source"):
+            continue  # a --regions model expects a region blacked out; a --holdout-sources one never saw a source
         if (metrics_file.parent / MODEL_FILE).is_file():
             runs.append((accuracy, metrics_file.parent))
     return runs

@@ -15,7 +15,8 @@ from ..common.files import save_figure, write_atomic, write_csv
 from ..common.paths import README_FILE
 from ..common.readme import replace_readme_section
 from ..common.run_layout import seed_folder
-from . import comparison, shortcut_summary
+from . import audit_summary, comparison, shortcut_summary
+from .claim import claim_checklist, claim_markdown
 from .calibration_report import calibration_markdown, source_lines
 from .figures import comparison_figure
 from .results import collect_results, read_result
@@ -112,6 +113,9 @@ def write_summary(
                 for runs in collected.values() for r in runs if r.status != "done"]
     if problems:
         body += ["", "Without results:", *problems]
+    audit, holdout, audit_paths = audit_part(results_dir, graph_dir, collected, baseline, demo, title, read_result)
+    paths.update(audit_paths)
+    body += audit
     paths["markdown"] = write_atomic(results_dir / SUMMARY_MD, "\n".join(header + body) + "\n")
     if update_readme:
         graph_link = os.path.relpath(paths["graph"], Path(readme).parent)
@@ -120,6 +124,34 @@ def write_summary(
         if not fast and shortcut_summary.REGIONS_START in Path(readme).read_text():  # a README of before the section has none
             changed |= replace_readme_section(readme, regions_section(region_lines, paths.get("regions_graph"), readme),
                                               (shortcut_summary.REGIONS_START, shortcut_summary.REGIONS_END))
+        if not fast and audit_summary.HOLDOUT_START in Path(readme).read_text():
+            changed |= replace_readme_section(readme, holdout_section(holdout, paths.get("holdout_graph"), readme),
+                                              (audit_summary.HOLDOUT_START, audit_summary.HOLDOUT_END))
         if changed:
             paths["readme"] = Path(readme)
     return paths
+
+
+def audit_part(results_dir: Path, graph_dir: Path, collected: dict, baseline: str, demo: bool, title: str,
+               read_result) -> tuple[list[str], list[str], dict]:
+    """The data set's audit in the summary: near-duplicates, the source probe, the held-out sources, the CLAIM
+    checklist; (body lines, the held-out-source lines alone, paths)."""
+    audit = audit_summary.read_audit(results_dir, collected)
+    holdout, paths = audit_summary.write_holdout(results_dir, graph_dir, baseline, partial(read_result, allow_demo=demo), title)
+    lines = ["", "## The data set, audited", ""]
+    lines += [*audit_summary.duplicates_lines(collected), ""]
+    lines += [*audit_summary.probe_section(audit), ""] if audit else []
+    if holdout:
+        lines += ["**Leaving one source out** (`run_all.py --holdout-sources`):", "", *holdout, ""]
+    rows = sum(line.startswith("| ") and not line.startswith("| Class") and not line.startswith("| :") for line in holdout)
+    lines += claim_markdown(claim_checklist(collected, audit, rows, demo=demo))
+    return lines, holdout, paths
+
+
+def holdout_section(lines: list[str], graph: Path | None, readme) -> str:
+    """The README's held-out-source section: from real runs, or how to fill it."""
+    if not lines:
+        return ("No run leaving a source out has been recorded on the real data in this repository yet: "
+                "`python run_all.py --holdout-sources` fills this section.")
+    link = [] if graph is None else [f"![Accuracy on each held-out source]({os.path.relpath(graph, Path(readme).parent)})"]
+    return "\n".join([*lines, "", *link])

@@ -57,6 +57,25 @@ def known_pairs(images: int = EVALUATION_IMAGES, seed: int = EVALUATION_SEED) ->
             "seed": seed}
 
 
+def planted_found(root: Path, groups) -> dict:
+    """On a generated set: how many of its listed copies (demo.json) were grouped with their original, and how many
+    groups join films that no listed copy connects (false matches)."""
+    planted = json.loads((Path(root) / DEMO_RECORD).read_text())["duplicates"]
+    group_of = dict(zip(groups.images["path"], groups.images["group"]))
+    parent: dict[str, str] = {}
+
+    def origin(path: str) -> str:
+        while parent.get(path, path) != path:
+            path = parent[path]
+        return path
+
+    for copy in planted:
+        parent[origin(copy["path"])] = origin(copy["of"])
+    false = [int(g) for g, members in groups.table.groupby("group") if len({origin(p) for p in members["path"]}) > 1]
+    return {"planted": len(planted), "found": sum(group_of[c["path"]] == group_of[c["of"]] for c in planted),
+            "false_match_groups": len(false), "false_match_paths": groups.table[groups.table["group"].isin(false)]["path"].tolist()}
+
+
 def grouping_time(root: Path) -> dict:
     """Seconds to fingerprint and group every image of ``root`` the first time (empty cache) and again (cached)."""
     index = scan_dataset(root)
@@ -68,7 +87,9 @@ def grouping_time(root: Path) -> dict:
         group_images(root, index.images, Path(cache))
         again = time.perf_counter() - started
     result = {"images": len(index.images), "first_seconds": first, "cached_seconds": again,
-              "groups": int(groups.table["group"].nunique()), "images_in_groups": int(len(groups.table))}
+              "groups": int(groups.table["group"].nunique()), "images_in_groups": int(len(groups.table)),
+              **planted_found(root, groups)}
     print(f"near-duplicates: {result['images']} images grouped in {first:.1f} s, {again:.1f} s cached; "
-          f"{result['groups']} groups of {result['images_in_groups']} images")
+          f"{result['groups']} groups of {result['images_in_groups']} images; {result['found']} of {result['planted']} "
+          f"planted copies found, {result['false_match_groups']} group(s) joining films no copy connects")
     return result

@@ -37,6 +37,18 @@ def region_experiment(experiment: str, region: str) -> str:
     return experiment if region == "full" else f"{experiment}-{region}"
 
 
+HOLDOUT_PLAN_FILE = "holdout-sources.json"  # run_all.py --holdout-sources: which (class, source) pairs, which classes not
+
+
+def holdout_experiment(experiment: str, label: str, source: str) -> str:
+    """The name of ``experiment`` trained without one class's source (run_all.py --holdout-sources):
+    ``<experiment>-holdout-<class>-<source>``, made a safe folder name, with a short hash of the two."""
+    import hashlib
+
+    readable = re.sub(r"[^\w.-]+", "_", f"{label}-{source.split('://', 1)[-1]}").strip("._")[:60]
+    return f"{experiment}-holdout-{readable}-{hashlib.sha256(f'{label}={source}'.encode()).hexdigest()[:6]}"
+
+
 def seed_folder(seed: int) -> str:
     return f"seed-{seed}"
 

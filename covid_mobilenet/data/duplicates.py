@@ -18,6 +18,7 @@ Confirmed pairs are joined into groups (connected components). Free of TensorFlo
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -94,19 +95,20 @@ def _normalised(thumbs: np.ndarray) -> np.ndarray:
     return flat / np.maximum(np.linalg.norm(flat, axis=-1, keepdims=True), 1e-6)
 
 
-def candidate_pairs(hashes: np.ndarray, max_distance: int = HASH_DISTANCE, chunk: int = 512) -> np.ndarray:
+def candidate_pairs(hashes: np.ndarray, max_distance: int = HASH_DISTANCE, chunk: int = 256) -> np.ndarray:
     """(i, j, distance) for i < j whose whole-image hash is within ``max_distance`` bits of a crop of the other's
     (the smallest such distance)."""
     whole = hashes[:, 0]
     found = []
     for start in range(0, len(hashes), chunk):
         rows = hashes[start:start + chunk]
-        forward = np.bitwise_count(rows[:, None, :1] ^ hashes[None, :, :]).min(axis=2)  # row's whole vs j's crops
-        backward = np.bitwise_count(rows[:, None, :] ^ whole[None, :, None]).min(axis=2)  # row's crops vs j's whole
-        best = np.minimum(forward, backward).astype(np.int64)
+        best = np.full((len(rows), len(hashes)), 255, np.uint8)
+        for crop in range(hashes.shape[1]):  # the row's whole against j's crop, and the row's crop against j's whole
+            np.minimum(best, np.bitwise_count(rows[:, :1] ^ hashes[None, :, crop]), out=best)
+            np.minimum(best, np.bitwise_count(rows[:, crop:crop + 1] ^ whole[None, :]), out=best)
         i, j = np.nonzero(best <= max_distance)
         keep = i + start < j
-        found.append(np.stack([i[keep] + start, j[keep], best[i[keep], j[keep]]], axis=1))
+        found.append(np.stack([i[keep] + start, j[keep], best[i[keep], j[keep]]], axis=1).astype(np.int64))
     return np.concatenate(found) if found else np.zeros((0, 3), np.int64)
 
 
@@ -123,24 +125,41 @@ def similarities(thumbs: np.ndarray, pairs: np.ndarray, chunk: int = 2000) -> np
     return out
 
 
-def near_duplicate_groups(hashes: np.ndarray, thumbs: np.ndarray, *, max_distance: int = HASH_DISTANCE,
-                          min_similarity: float = PIXEL_SIMILARITY) -> tuple[np.ndarray, pd.DataFrame]:
-    """(a group number per image, the confirmed pairs: i, j, distance, similarity). Images in no pair are groups of
-    their own; groups are numbered in the order of their first image."""
+def confirmed_pairs(shas: list[str], hashes: np.ndarray, thumbs: np.ndarray, cache_dir: Path | None = None, *,
+                    max_distance: int = HASH_DISTANCE, min_similarity: float = PIXEL_SIMILARITY) -> pd.DataFrame:
+    """The confirmed near-duplicate pairs among distinct file contents (i, j: rows of ``shas``; distance,
+    similarity), cached in ``<cache_dir>/pairs-<key>.csv`` by the set of contents and the thresholds."""
+    key = hashlib.sha256("\n".join([f"v{FINGERPRINT_VERSION} {max_distance} {min_similarity}", *sorted(shas)]).encode()).hexdigest()
+    cache = None if cache_dir is None else Path(cache_dir) / f"pairs-{key[:16]}.csv"
+    row_of = {sha: row for row, sha in enumerate(shas)}
+    if cache is not None and cache.is_file():
+        stored = pd.read_csv(cache)
+        pairs = pd.DataFrame({"i": stored["sha_a"].map(row_of), "j": stored["sha_b"].map(row_of),
+                              "distance": stored["distance"], "similarity": stored["similarity"]})
+        return pd.DataFrame({"i": pairs[["i", "j"]].min(axis=1), "j": pairs[["i", "j"]].max(axis=1),
+                             "distance": pairs["distance"], "similarity": pairs["similarity"]})
+    candidates = candidate_pairs(hashes, max_distance)
+    similarity = similarities(thumbs, candidates)
+    kept = similarity >= min_similarity
+    pairs = pd.DataFrame({"i": candidates[kept, 0], "j": candidates[kept, 1], "distance": candidates[kept, 2],
+                          "similarity": np.round(similarity[kept], 4)})
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(cache, pd.DataFrame({"sha_a": [shas[i] for i in pairs["i"]], "sha_b": [shas[j] for j in pairs["j"]],
+                                          "distance": pairs["distance"], "similarity": pairs["similarity"]}).to_csv(index=False))
+    return pairs
+
+
+def components(count: int, pairs: pd.DataFrame) -> np.ndarray:
+    """A group number per row (connected components of the pairs), numbered in the order of their first row."""
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
-    pairs = candidate_pairs(hashes, max_distance)
-    similarity = similarities(thumbs, pairs)
-    confirmed = pairs[similarity >= min_similarity]
-    table = pd.DataFrame({"i": confirmed[:, 0], "j": confirmed[:, 1], "distance": confirmed[:, 2],
-                          "similarity": similarity[similarity >= min_similarity]})
-    n = len(hashes)
-    graph = coo_matrix((np.ones(len(confirmed)), (confirmed[:, 0], confirmed[:, 1])), shape=(n, n))
+    graph = coo_matrix((np.ones(len(pairs)), (pairs["i"].to_numpy(int), pairs["j"].to_numpy(int))), shape=(count, count))
     _, labels = connected_components(graph, directed=False)
     _, first = np.unique(labels, return_index=True)
     order = {label: rank for rank, label in enumerate(labels[np.sort(first)])}
-    return np.array([order[label] for label in labels]), table
+    return np.array([order[label] for label in labels], dtype=int)
 
 
 def near_copy(picture: Image.Image, kind: str, rng: np.random.Generator) -> Image.Image:

@@ -17,7 +17,7 @@ import pandas as pd
 
 from .layout import DatasetError
 from .split import Split, split_images
-from .duplicates import HASH_DISTANCE, PIXEL_SIMILARITY, _normalised, fingerprints, near_duplicate_groups
+from .duplicates import HASH_DISTANCE, PIXEL_SIMILARITY, _normalised, components, confirmed_pairs, fingerprints
 
 LEFT_OUT = "left out (label conflict)"
 
@@ -79,22 +79,27 @@ class Groups:
 
 
 def group_images(root: Path, images: pd.DataFrame, cache_dir: Path | None, *, keep_conflicts: bool = False) -> Groups:
-    """Every image's near-duplicate group (``images``: path, label, sha256, as the scan lists them)."""
+    """Every image's near-duplicate group (``images``: path, label, sha256, as the scan lists them). Files of the
+    same content are one fingerprint and always one group; fingerprints and pairs come from ``cache_dir``."""
     images = images.sort_values("path", ignore_index=True)
-    hashes, thumbs = fingerprints(root, images, cache_dir)
-    group, _ = near_duplicate_groups(hashes, thumbs)
-    images = images.assign(group=group)
-    sizes = images["group"].map(images["group"].value_counts())
-    members = images[sizes > 1]
-    heads = members.groupby("group").head(1)
-    rows, head_rows = members.index.to_numpy(), members["group"].map(pd.Series(heads.index, index=heads["group"])).to_numpy()
-    distance = np.bitwise_count(hashes[rows, 0] ^ hashes[head_rows, 0]).astype(int)
-    similarity = (_normalised(thumbs[rows, 0]) * _normalised(thumbs[head_rows, 0])).sum(axis=1)
+    contents = images.drop_duplicates("sha256", ignore_index=True)
+    hashes, thumbs = fingerprints(root, contents, cache_dir)
+    shas = contents["sha256"].tolist()
+    content_group = dict(zip(shas, components(len(shas), confirmed_pairs(shas, hashes, thumbs, cache_dir))))
+    raw = images["sha256"].map(content_group)
+    images = images.assign(group=raw.map({g: rank for rank, g in enumerate(dict.fromkeys(raw))}))
+    members = images[images["group"].map(images["group"].value_counts()) > 1]
+    row_of = {sha: row for row, sha in enumerate(shas)}
+    heads = members.groupby("group").head(1).set_index("group")["sha256"]
+    own = members["sha256"].map(row_of).to_numpy(int)
+    head = members["group"].map(heads).map(row_of).to_numpy(int)
+    distance = np.bitwise_count(hashes[own, 0] ^ hashes[head, 0]).astype(int)
+    similarity = (_normalised(thumbs[own, 0]) * _normalised(thumbs[head, 0])).sum(axis=1)
     labels = members.groupby("group")["label"].nunique()
-    exact = members["sha256"].to_numpy() == images["sha256"].to_numpy()[head_rows]
+    first = members.index.isin(members.groupby("group").head(1).index)
     table = pd.DataFrame({
         "group": members["group"].to_numpy(), "path": members["path"].to_numpy(), "class": members["label"].to_numpy(),
-        "kind": np.where(rows == head_rows, "first", np.where(exact, "exact", "near")), "hash_distance": distance,
+        "kind": np.where(first, "first", np.where(own == head, "exact", "near")), "hash_distance": distance,
         "pixel_similarity": np.round(similarity, 4), "conflict": members["group"].map(labels).gt(1).to_numpy(),
     })
     return Groups(images, table, keep_conflicts)

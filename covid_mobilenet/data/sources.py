@@ -128,3 +128,26 @@ def hold_out(split, root: str | os.PathLike, holdout: str):
     record = {"class": label, "source": source, "images": int(held.sum()),
               "moved_from": {s: int(((split.table["split"] == s) & held).sum()) for s in ("train", "val", "test")}}
     return Split(table, split_hash(table)), record
+
+
+def sources_per_class(root: str | os.PathLike, images: pd.DataFrame) -> dict[str, dict[str, int]]:
+    """How many images of each class (``images``: path, label) come from each source."""
+    of = read_sources(root, images["path"].tolist(), images["label"].tolist()).of
+    table = images.assign(source=images["path"].map(of))
+    return {label: {str(s): int(n) for s, n in group["source"].value_counts().sort_index().items()}
+            for label, group in table.groupby("label", sort=True)}
+
+
+def holdout_pairs(per_class: dict[str, dict[str, int]]) -> tuple[list[tuple[str, str]], list[dict]]:
+    """The (class, source) pairs ``--holdout-sources`` can test (a class with another known source), and the classes
+    it cannot, with why."""
+    testable, untestable = [], []
+    for label, counts in per_class.items():
+        known = [source for source in counts if not source.startswith("unknown")]
+        if len(known) >= 2:
+            testable += [(label, source) for source in known]
+        else:
+            untestable.append({"class": label, "sources": list(counts), "reason":
+                               "a single source: holding it out leaves nothing of the class to train on, and inside this "
+                               "data set the class cannot be told apart from its source" if known else "no known source"})
+    return testable, untestable

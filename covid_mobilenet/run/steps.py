@@ -53,9 +53,9 @@ class PreparedData:
     pipelines: SplitPipelines
     features: FeatureCache | None = None  # fast mode: the backbone's cached features the pipelines serve
     masks: dict | None = None  # input_region other than full: the mask check, and the images left out
+    calibration_settings: dict | None = None  # experiments.json's targets, checked against the classes before training
     duplicates: dict | None = None  # near-duplicate groups and label conflicts: counts and the table's file
     holdout: dict | None = None  # holdout_source: the class and source moved to test, and how many images
-    calibration_settings: dict | None = None  # experiments.json's targets, checked against the classes before training
 
     @property
     def class_names(self) -> list[str]:

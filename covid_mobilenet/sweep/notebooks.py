@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ..analysis.results import RunNotFound, best_run, read_result
 from ..common.paths import EXPERIMENT_NOTEBOOK, PROJECT_ROOT, SUMMARY_NOTEBOOK, resolve_path
-from ..common.run_layout import KERNEL_LOG
+from ..common.run_layout import KERNEL_LOG, METRICS_FILE
 from .outcomes import Outcome, metrics_accuracy
 from .plan import Job, Mode
 
@@ -162,3 +162,18 @@ def export_best(mode: Mode) -> Outcome:
         return Outcome("export", "failed", time.perf_counter() - start, f"{run}: {reason}")
     table = done.stdout[done.stdout.find("| Format"):].strip()
     return Outcome("export", "ran", time.perf_counter() - start, f"best run {run}:\n{table}")
+
+
+def audit_data(mode: Mode, jobs: list) -> Outcome:
+    """The data set's audit (``python -m covid_mobilenet.audit``, in a process of its own) from the first finished run
+    of the sweep: near-duplicates and the source probe, into ``<results_dir>/audit-<data hash>.json``."""
+    start = time.perf_counter()
+    finished = [job.run_dir for job in jobs if (job.run_dir / METRICS_FILE).is_file()]
+    if not finished:
+        return Outcome("audit", "skipped", 0.0, "no finished run to take the data and backbone from")
+    done = subprocess.run([sys.executable, "-m", "covid_mobilenet.audit", str(finished[0]),
+                           "--results-dir", str(resolve_path(mode.results_dir))], cwd=PROJECT_ROOT, capture_output=True, text=True)
+    if done.returncode != 0:
+        reason = (done.stderr.strip().splitlines() or ["no message"])[-1]
+        return Outcome("audit", "failed", time.perf_counter() - start, f"{finished[0]}: {reason}")
+    return Outcome("audit", "ran", time.perf_counter() - start, done.stdout.strip().splitlines()[0])

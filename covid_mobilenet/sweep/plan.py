@@ -13,16 +13,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from ..common.config import baseline_of, experiment_parameters
 from ..common.paths import PROJECT_ROOT
-from ..common.run_layout import region_experiment, run_dir, seed_folder
+from ..common.paths import resolve_path
+from ..common.run_layout import holdout_experiment, region_experiment, run_dir, seed_folder
 from ..data.demo import DEFAULT_DEMO_DIR
 from ..data.masks import REGIONS
 from ..model import demo_backbone
 from ..run.params import ParameterError, check_parameters, notebook_defaults
 
 SET_BY_THE_SWEEP = {"experiment": "--only", "results_dir": "--results-dir", "graph_dir": "--graph-dir", "fast": "--fast",
-                    "seed": "--seeds or --seed-values", "input_region": "--regions"}
+                    "seed": "--seeds or --seed-values", "input_region": "--regions", "holdout_source": "--holdout-sources"}
 FAST_OVERRIDES = {"train_base": False, "fast": True}  # --fast: frozen backbone, head trained on cached features
 
 
@@ -162,6 +165,35 @@ def plan_regions(config: dict, mode: Mode, cli_overrides: dict, seeds: list[int]
             job.params["experiment"] = region_experiment(baseline, region)
             jobs.append(job)
     return jobs
+
+
+def plan_holdouts(config: dict, mode: Mode, cli_overrides: dict, seeds: list[int] | None = None,
+                  classes: list[str] | None = None) -> tuple[list[Job], dict]:
+    """Leave one source out (run_all.py --holdout-sources): the baseline trained once per (class, source) where
+    the class has another source, with that source's images of the class moved to test (``holdout_source``); and
+    the plan: the pairs, and the classes that cannot be tested with why. ``classes``: only these classes."""
+    from ..data.layout import IMAGE_SUFFIXES, class_image_folder, visible_subfolders
+    from ..data.locate import locate_dataset
+    from ..data.sources import holdout_pairs, sources_per_class
+
+    root = locate_dataset(None if mode.data_dir is None else resolve_path(mode.data_dir))
+    listed = [(f"{folder.name}/{file.relative_to(folder).as_posix()}", folder.name) for folder in visible_subfolders(root)
+              for file in sorted(class_image_folder(folder).iterdir()) if file.suffix.lower() in IMAGE_SUFFIXES]
+    per_class = sources_per_class(root, pd.DataFrame(listed, columns=["path", "label"]))
+    unknown = sorted(set(classes or []) - set(per_class))
+    if unknown:
+        raise ParameterError(f"--holdout-sources: unknown class(es) {', '.join(unknown)}; the data set has {', '.join(per_class)}")
+    testable, untestable = holdout_pairs({c: n for c, n in per_class.items() if not classes or c in classes})
+    defaults, baseline, jobs = notebook_defaults(), baseline_of(config), []
+    for label, source in testable:
+        for seed in seeds or [defaults["seed"]]:
+            job = _plan_one(config, baseline, seed, defaults, mode, {**cli_overrides, "holdout_source": f"{label}={source}"})
+            job.params["experiment"] = holdout_experiment(baseline, label, source)
+            jobs.append(job)
+    plan = {"baseline": baseline, "root": str(root), "sources_per_class": per_class,
+            "testable": [{"class": c, "source": s, "experiment": holdout_experiment(baseline, c, s)} for c, s in testable],
+            "untestable": untestable}
+    return jobs, plan
 
 
 def _plan_one(config: dict, name: str, seed: int, defaults: dict, mode: Mode, cli_overrides: dict) -> Job:

@@ -1,0 +1,64 @@
+"""The data set's audit, once per data set: ``<results_dir>/audit-<data hash>.json``.
+
+Made from a finished run's parameters (its data, split settings, image size and backbone weights): the
+near-duplicate record (``data/grouping.py``) and the source probe (``analysis/source_probe.py``) on the frozen
+backbone's features, pooled over their spatial positions. The features come from fast mode's cache
+(``model/features.py``): computed once for the data, split, image size and weights, and shared with ``--fast``.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..analysis.source_probe import source_probe
+from ..common.files import write_json
+from ..common.paths import resolve_path
+from ..common.run_layout import METRICS_FILE
+from ..data.grouping import data_hash, grouped_split
+from ..data.layout import SPLITS
+from ..data.locate import locate_dataset
+from ..data.pipeline import split_arrays
+from ..data.scan import scan_dataset
+from ..data.sources import read_sources, sources_per_class
+from ..model.features import RowReader, cached_features
+
+
+def audit_file_name(images) -> str:
+    return f"audit-{data_hash(images)[:12]}.json"
+
+
+def audit(run: Path, *, results_dir: Path | None = None) -> Path:
+    """Audit the data set of the finished ``run`` and write the record beside its results (``results_dir``)."""
+    metrics = json.loads((Path(run) / METRICS_FILE).read_text())
+    params = metrics["params"]
+    root = locate_dataset(Path(metrics["dataset"]["root"]))
+    index = scan_dataset(root, strict=params["strict_data"])
+    split, _, duplicates = grouped_split(
+        root, index.images, resolve_path(params["feature_dir"]), keep_conflicts=params.get("keep_label_conflicts", False),
+        val_fraction=params["val_fraction"], test_fraction=params["test_fraction"], seed=params["split_seed"])
+    cache = cached_features(index, split, feature_dir=resolve_path(params["feature_dir"]), image_size=params["image_size"],
+                            weights=params["weights"], seed=params["seed"], batch_size=params["batch_size"])
+    shape = cache.feature_shape
+    features, paths, labels = [], [], []
+    for subset in SPLITS:
+        subset_paths, subset_labels = split_arrays(split, root, index.class_names, subset)
+        rows = RowReader(cache.folder / f"{subset}.f16", len(subset_paths), shape).rows(np.arange(len(subset_paths)))
+        features.append(rows.astype(np.float32).reshape(len(rows), -1, shape[-1]).mean(axis=1))  # pooled over positions
+        paths += [Path(p).relative_to(root).as_posix() for p in subset_paths]
+        labels += [index.class_names[label] for label in subset_labels]
+    of = read_sources(root, paths, labels).of
+    record = {
+        "data_sha256": data_hash(index.images),
+        "root": str(root),
+        "images": int(len(index.images)),
+        "demo": bool(metrics["dataset"].get("demo")),
+        "duplicates": duplicates,
+        "sources_per_class": sources_per_class(root, index.images),
+        "source_probe": source_probe(np.concatenate(features), labels, [of[p] for p in paths]),
+        "features": {"cache": cache.folder.name, "image_size": params["image_size"], "weights": str(params["weights"]),
+                     "pooled": f"mean over {int(np.prod(shape[:-1]))} positions of {shape[-1]} channels"},
+        "from_run": str(run),
+    }
+    return write_json(Path(results_dir or resolve_path(params["results_dir"])) / audit_file_name(index.images), record)
