@@ -43,6 +43,15 @@ def tiny_root(tmp_path_factory) -> Path:
     return generate_demo_dataset(tmp_path_factory.mktemp("tiny") / "COVID-19_Radiography_Dataset", images=100, seed=1)
 
 
+def conflict_images(root: Path) -> int:
+    """How many images of a generated set are label conflicts (a planted copy under another class, and its original),
+    which every run leaves out of training and testing (data/grouping.py)."""
+    from covid_mobilenet.data.grouping import group_images
+    from covid_mobilenet.data.scan import scan_dataset
+
+    return len(group_images(root, scan_dataset(root).images, None).conflicts)
+
+
 def tiny_params(tmp_path: Path, data_dir: Path, **overrides) -> dict:
     """Notebook parameters for a run of seconds: small images, two epochs, no ImageNet weights."""
     return {

@@ -6,6 +6,7 @@ import pytest
 
 from covid_mobilenet.bench import cli, sweeps
 from covid_mobilenet.common.config import load_config
+from tests.conftest import conflict_images
 
 pytestmark = pytest.mark.slow  # every test here trains
 
@@ -56,6 +57,6 @@ def test_the_benchmark_measures_and_writes_every_figure(tmp_path, monkeypatch, c
 def test_the_full_size_memory_check_runs_and_reads_its_run(tiny_root, tmp_path):
     """Trains: one fast configuration through run_all.py, as --full-size does, here on 100 images at 32 px."""
     result = sweeps.measure_full_size(tiny_root, 32)
-    assert result["images"] == 100 and result["image_size"] == 32 and result["epochs"] == sweeps.FULL_SIZE_EPOCHS
+    assert result["images"] == 100 - conflict_images(tiny_root) and result["image_size"] == 32 and result["epochs"] == sweeps.FULL_SIZE_EPOCHS
     assert 0 < result["peak_rss_gib"] < 24 and result["feature_seconds"] > 0 and result["wall_seconds"] > result["train_seconds"]
     assert "--set weights=None" in result["command"] and f"--data-dir {tiny_root}" in result["command"]

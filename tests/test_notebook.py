@@ -18,9 +18,10 @@ from PIL import Image
 from covid_mobilenet.common.paths import EXPERIMENT_NOTEBOOK
 from covid_mobilenet.data.masks import mask_file
 from covid_mobilenet.data.scan import scan_dataset
-from covid_mobilenet.data.split import split_hash, split_images
+from covid_mobilenet.data.grouping import grouped_split
+from covid_mobilenet.data.split import split_hash
 from covid_mobilenet.model.weights import KERAS_WEIGHTS_URL
-from tests.conftest import KAGGLE_SECRETS, PROJECT, kernel_site, tiny_params
+from tests.conftest import KAGGLE_SECRETS, PROJECT, conflict_images, kernel_site, tiny_params
 
 
 def run_notebook(output: Path, **parameters) -> nbformat.NotebookNode:
@@ -118,7 +119,10 @@ def test_metrics_are_complete_and_consistent(finished_run, tiny_root):
     assert dataset["demo"] is True and dataset["skipped"] == []
     assert dataset["class_names"] == ["COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"]
     images = len(list(tiny_root.glob("*/images/*.png")))
-    assert sum(sum(per_class.values()) for per_class in dataset["counts"].values()) == images == dataset["total_images"]
+    conflicts = dataset["duplicates"]
+    assert conflicts["groups_across_classes"] == 3 and conflicts["conflicts_left_out"], "the tiny set's planted conflicts"
+    assert sum(sum(per_class.values()) for per_class in dataset["counts"].values()) == dataset["total_images"] == (
+        images - conflicts["images_in_conflicts"]), "every image but the label conflicts' is in the split"
     split = pd.read_csv(folder / "results" / dataset["split_file"])
     assert split_hash(split) == dataset["split_sha256"]
 
@@ -151,8 +155,8 @@ def test_the_split_is_the_same_in_another_process(finished_run, tiny_root):
     """Starts a kernel (the shared finished run): its split against one made in this process."""
     folder, params = finished_run
     metrics = json.loads((folder / "results" / "mn_resultset3" / "seed-42" / "metrics.json").read_text())
-    here = split_images(scan_dataset(tiny_root).images, val_fraction=params.get("val_fraction", 0.16),
-                        test_fraction=params.get("test_fraction", 0.2), seed=42)
+    here, _, _ = grouped_split(tiny_root, scan_dataset(tiny_root).images, None, val_fraction=params.get("val_fraction", 0.16),
+                               test_fraction=params.get("test_fraction", 0.2), seed=42)
     assert metrics["params"]["seed"] == 42
     assert metrics["dataset"]["split_sha256"] == here.sha256, "same seed, same split, in the kernel and here"
 
@@ -163,7 +167,8 @@ def broken_masks(tiny_root, tmp_path_factory):
     and the Normal spreadsheet is gone."""
     root = tmp_path_factory.mktemp("masks") / "COVID-19_Radiography_Dataset"
     shutil.copytree(tiny_root, root)
-    test = split_images(scan_dataset(root).images, seed=42).subset("test")["path"].tolist()
+    test = grouped_split(root, scan_dataset(root).images, None, val_fraction=0.16, test_fraction=0.2,
+                         seed=42)[0].subset("test")["path"].tolist()
     without, resized = test[0], test[1]
     mask_file(root, without).unlink()
     Image.open(mask_file(root, resized)).resize((180, 200), Image.NEAREST).save(mask_file(root, resized))
@@ -198,7 +203,7 @@ def test_training_on_the_lungs_alone_leaves_out_images_without_a_mask(broken_mas
     assert metrics["params"]["input_region"] == "lungs" and metrics["shortcuts"]["input_region"] == "lungs"
     dataset = metrics["dataset"]
     assert dataset["masks"]["excluded"] == 1 and dataset["masks"]["counts"]["missing"] == 1
-    assert dataset["total_images"] == len(list(root.glob("*/images/*.png"))) - 1
+    assert dataset["total_images"] == len(list(root.glob("*/images/*.png"))) - 1 - conflict_images(root)
     split = pd.read_csv(tmp_path / "results" / dataset["split_file"])
     assert without not in set(split["path"]) and resized in set(split["path"])
     assert split_hash(split) == dataset["split_sha256"]

@@ -343,7 +343,7 @@ def test_the_regions_protocol_trains_the_baseline_on_each_region_and_fills_the_d
     for region in ("lungs", "no_lungs"):
         metrics = json.loads((results / f"mn_resultset1-{region}" / "seed-42" / "metrics.json").read_text())
         assert metrics["params"]["input_region"] == region and metrics["params"]["hidden_layers"] == 1
-        assert set(metrics["shortcuts"]["regions"]) == {"full", "lungs", "no_lungs"}
+        assert set(metrics["shortcuts"]["regions"]) == {"full", "lungs", "no_lungs", "lungs_blurred"}
     matrix = pd.read_csv(results / "regions.csv").set_index("trained on")
     assert list(matrix.index) == ["full image", "lungs only", "no lungs"] and list(matrix.columns) == list(matrix.index)
     full_run = json.loads((results / "mn_resultset1" / "seed-42" / "metrics.json").read_text())

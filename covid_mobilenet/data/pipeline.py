@@ -125,9 +125,16 @@ class SplitPipelines:
     seed: int
     load_batch: Callable | None = None
 
-    def batches(self, subset: str) -> tf.data.Dataset:
-        """A subset in the split table's order: for validation and evaluation."""
-        return self._served(subset, self.examples[subset].batch(self.batch_size))
+    def batches(self, subset: str, replicas: int = 1) -> tf.data.Dataset:
+        """A subset in the split table's order: for validation and evaluation. With ``replicas`` > 1 (the per-epoch
+        validation of a multi-device fit) its last ``size % replicas`` examples are left out, so that every batch
+        splits evenly between the devices: Keras 3.15's evaluation under MirroredStrategy fails on a batch that
+        does not (AddN of per-replica inputs of different sizes). The run's reported validation figures come from
+        its predictions on every image (``run/steps.split_predictions``), never from these per-epoch numbers."""
+        examples = self.examples[subset]
+        if replicas > 1 and self.sizes[subset] % replicas:
+            examples = examples.take(self.sizes[subset] - self.sizes[subset] % replicas)
+        return self._served(subset, examples.batch(self.batch_size))
 
     @property
     def steps_per_epoch(self) -> int:

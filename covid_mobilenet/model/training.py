@@ -125,7 +125,7 @@ def fit(model: keras.Model, pipelines: SplitPipelines, *, epochs: int, backup: P
     ]
     model.fit(
         pipelines.training_epochs(first_epoch, epochs),
-        validation_data=pipelines.batches("val"),
+        validation_data=pipelines.batches("val", model.distribute_strategy.num_replicas_in_sync),
         epochs=epochs,
         steps_per_epoch=pipelines.steps_per_epoch,
         callbacks=callbacks,
