@@ -28,10 +28,12 @@ def test_the_benchmark_measures_and_writes_every_figure(tmp_path, monkeypatch, c
     # the int8 comparison needs a trained run (test_product covers measure_quantization on one): none here
     monkeypatch.setattr(cli, "quantization_run", lambda: None)
     output = tmp_path / "bench.json"
+    output.write_text(json.dumps({"duplicates": {"recall_all": 1.0}, "pipeline_speedup": -1}))  # an earlier file
     assert cli.main(["--images", "100", "--image-size", "32", "--steps", "1", "--epochs", "1",
                      "--data-dir", str(tmp_path / "data"), "--output", str(output)]) == 0
 
     bench = json.loads(output.read_text())
+    assert bench["duplicates"] == {"recall_all": 1.0}, "the near-duplicate figures, measured apart, are kept"
     for key in ("pipeline_speedup", "training_vs_ceiling", "fast_sweep_speedup", "peak_rss_gib"):
         assert math.isfinite(bench[key]) and bench[key] > 0, key
     assert bench["pipeline"]["images"] == 100
@@ -60,3 +62,25 @@ def test_the_full_size_memory_check_runs_and_reads_its_run(tiny_root, tmp_path):
     assert result["images"] == 100 - conflict_images(tiny_root) and result["image_size"] == 32 and result["epochs"] == sweeps.FULL_SIZE_EPOCHS
     assert 0 < result["peak_rss_gib"] < 24 and result["feature_seconds"] > 0 and result["wall_seconds"] > result["train_seconds"]
     assert "--set weights=None" in result["command"] and f"--data-dir {tiny_root}" in result["command"]
+
+
+def test_the_duplicates_benchmark_finds_every_known_copy_and_no_false_match(tmp_path, monkeypatch, capsys):
+    """No training: --duplicates on small sets (80 films for the known pairs, 100 for the timing)."""
+    from functools import partial
+
+    from covid_mobilenet.bench import duplicates
+
+    monkeypatch.setattr(duplicates, "known_pairs", partial(duplicates.known_pairs, images=80))
+    monkeypatch.setattr(cli, "FULL_SIZE_IMAGES", 100)
+    output = tmp_path / "bench.json"
+    output.write_text(json.dumps({"pipeline_speedup": 55.8}))
+    assert cli.main(["--duplicates", "--data-dir", str(tmp_path / "data"), "--output", str(output)]) == 0
+    bench = json.loads(output.read_text())
+    assert bench["pipeline_speedup"] == 55.8, "the other figures are kept"
+    figures = bench["duplicates"]
+    assert figures["copies"] == 5 * figures["films"] and set(figures["recall"]) == set(duplicates.TRANSFORMS)
+    assert figures["recall_all"] == 1.0 and figures["false_matches"] == 0 and figures["distinct_pairs"] > 0
+    full = figures["full_size"]
+    assert full["images"] == 100 and full["found"] == full["planted"] > 0 and full["false_match_groups"] == 0
+    assert full["first_seconds"] > full["cached_seconds"] >= 0
+    assert "planted copies found" in capsys.readouterr().out
