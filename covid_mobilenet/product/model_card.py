@@ -136,7 +136,9 @@ def shortcut_lines(metrics: dict) -> list[str]:
     if marker:
         lines += ["", f"Planted demo shortcut (`{marker['source']}`, {marker['class']}): {_percent(marker['energy_in_marker'])} of the "
                   f"Grad-CAM energy on its marker's box ({_percent(marker['box_area'])} of the image); with no lungs, "
-                  f"{_percent(marker['no_lungs_accuracy_marked'])} of the marked images are still called {marker['class']}."]
+                  f"{_percent(marker['no_lungs_accuracy_marked'])} of the marked images are still called {marker['class']}"
+                  + ("" if marker.get("blurred_lungs_accuracy_marked") is None else
+                     f", with the lungs blurred {_percent(marker['blurred_lungs_accuracy_marked'])}") + "."]
     return lines
 
 
