@@ -202,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
             if mode.demo and not args.dry_run:
                 preflight.prepare_demo_data(mode, config)  # its sources are needed to plan
             jobs, holdout_plan = plan.plan_holdouts(config, mode, cli_overrides(args), seeds, args.holdout_sources)
+            if not args.dry_run:
+                jobs = preflight.drop_untestable_holdouts(jobs, holdout_plan)
             if not jobs:
                 raise preflight.SweepError("--holdout-sources: no class has two sources: " + "; ".join(
                     f"{u['class']}: {u['reason']}" for u in holdout_plan["untestable"]))

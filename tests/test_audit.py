@@ -214,3 +214,41 @@ def test_holdout_sources_refuses_an_unknown_class_and_a_selection_of_configurati
     planned = run_all_here("--demo", "--holdout-sources", "--dry-run", *folders)
     assert planned.returncode == 0 and "held-out sources" in planned.stdout
     assert "mn_resultset1-holdout-COVID-demo-hospital-A" in planned.stdout
+
+
+def test_holdout_plans_only_sources_with_enough_images_in_classes_with_another():
+    from covid_mobilenet.data.sources import holdout_pairs
+
+    testable, untestable = holdout_pairs({
+        "COVID": {"hospital-A": 90, "hospital-B": 9},
+        "Viral Pneumonia": {"paediatric": 32, "hospital-B": 5, "screening": 1},  # a stray copy from another class
+        "Lung_Opacity": {"RSNA": 170},
+        "Normal": {"unknown (not in the metadata spreadsheet)": 4},
+    })
+    assert testable == [("COVID", "hospital-A"), ("COVID", "hospital-B"), ("Viral Pneumonia", "paediatric"),
+                        ("Viral Pneumonia", "hospital-B")]
+    reasons = {(u["class"], tuple(u["sources"])): u["reason"] for u in untestable}
+    assert reasons[("Viral Pneumonia", ("screening",))].startswith("only 1 image(s)")
+    assert reasons[("Lung_Opacity", ("RSNA",))].startswith("a single source")
+    assert reasons[("Normal", ("unknown (not in the metadata spreadsheet)",))] == "no known source"
+
+
+def test_a_holdout_that_leaves_no_validation_image_is_left_out_of_the_sweep_and_said(tmp_path):
+    """The demo's Viral Pneumonia: holding its paediatric source out leaves 5 images of another source, none of them
+    in validation; that run is dropped before anything trains, the other kept, and the plan says why."""
+    from covid_mobilenet.common.config import load_config
+    from covid_mobilenet.sweep.plan import make_mode, plan_holdouts
+    from covid_mobilenet.sweep.preflight import drop_untestable_holdouts
+
+    data = generate_demo_dataset(tmp_path / "data" / "COVID-19_Radiography_Dataset", images=600, seed=0)
+    config = load_config()
+    mode = make_mode(config, demo=True, results_dir=tmp_path / "results", graph_dir=tmp_path / "Graph", data_dir=data)
+    jobs, plan = plan_holdouts(config, mode, {"feature_dir": str(tmp_path / "cache")}, None, ["Viral Pneumonia"])
+    assert [job.params["holdout_source"] for job in jobs] == ["Viral Pneumonia=demo-hospital-B", "Viral Pneumonia=demo-paediatric"]
+    said = []
+    kept = drop_untestable_holdouts(jobs, plan, say=said.append)
+    assert [job.params["holdout_source"] for job in kept] == ["Viral Pneumonia=demo-hospital-B"]
+    assert [(t["class"], t["source"]) for t in plan["testable"]] == [("Viral Pneumonia", "demo-hospital-B")]
+    reasons = {u["sources"][0]: u["reason"] for u in plan["untestable"]}
+    assert "left for val" in reasons["demo-paediatric"] and reasons["demo-screening"].startswith("only 1 image")
+    assert len(said) == 1 and "demo-paediatric" in said[0]

@@ -138,16 +138,22 @@ def sources_per_class(root: str | os.PathLike, images: pd.DataFrame) -> dict[str
             for label, group in table.groupby("label", sort=True)}
 
 
-def holdout_pairs(per_class: dict[str, dict[str, int]]) -> tuple[list[tuple[str, str]], list[dict]]:
-    """The (class, source) pairs ``--holdout-sources`` can test (a class with another known source), and the classes
-    it cannot, with why."""
+HOLDOUT_MIN_IMAGES = 5  # a source with fewer images of a class says nothing when held out (and may be a stray copy)
+
+
+def holdout_pairs(per_class: dict[str, dict[str, int]], min_images: int = HOLDOUT_MIN_IMAGES) -> tuple[list[tuple[str, str]], list[dict]]:
+    """The (class, source) pairs ``--holdout-sources`` can test (a source with ``min_images`` images or more, in a class
+    with another such source), and what it cannot, with why."""
     testable, untestable = [], []
     for label, counts in per_class.items():
-        known = [source for source in counts if not source.startswith("unknown")]
+        known = [source for source, n in counts.items() if not source.startswith("unknown") and n >= min_images]
+        few = [source for source, n in counts.items() if not source.startswith("unknown") and n < min_images]
         if len(known) >= 2:
             testable += [(label, source) for source in known]
         else:
             untestable.append({"class": label, "sources": list(counts), "reason":
                                "a single source: holding it out leaves nothing of the class to train on, and inside this "
                                "data set the class cannot be told apart from its source" if known else "no known source"})
+        untestable += [{"class": label, "sources": [source], "reason": f"only {counts[source]} image(s) from this source, "
+                        f"fewer than {min_images}"} for source in few]
     return testable, untestable

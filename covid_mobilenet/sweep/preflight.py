@@ -88,6 +88,33 @@ def preflight(jobs: list[Job], mode: Mode, say: Callable[[str], None] = print) -
             raise SweepError(exc.strerror) from None
 
 
+def drop_untestable_holdouts(jobs: list[Job], plan: dict, say: Callable[[str], None] = print) -> list[Job]:
+    """The --holdout-sources jobs whose class keeps images of another source in training and validation once its
+    source is held out; the others are left out of the sweep and added to the plan's untestable pairs, with why
+    (a class whose other source is a handful of images may have none left for validation)."""
+    kept, splits = [], {}
+    for job in jobs:
+        params = job.params
+        key = (params["data_dir"], params["val_fraction"], params["test_fraction"], params["split_seed"], params["keep_label_conflicts"])
+        if key not in splits:
+            root = locate_dataset(None if params["data_dir"] is None else resolve_path(params["data_dir"]))
+            index = scan_dataset(root, strict=params["strict_data"])
+            splits[key] = (root, grouped_split(root, index.images, resolve_path(params["feature_dir"]),
+                                               keep_conflicts=params["keep_label_conflicts"], val_fraction=params["val_fraction"],
+                                               test_fraction=params["test_fraction"], seed=params["split_seed"])[0])
+        root, split = splits[key]
+        try:
+            hold_out(split, root, params["holdout_source"])
+            kept.append(job)
+        except DatasetError as exc:
+            label, source = params["holdout_source"].split("=", 1)
+            say(f"{job.name}: left out: {exc}")
+            if not any(u["class"] == label and u["sources"] == [source] for u in plan["untestable"]):
+                plan["untestable"].append({"class": label, "sources": [source], "reason": str(exc).split(": ", 1)[-1]})
+            plan["testable"] = [t for t in plan["testable"] if (t["class"], t["source"]) != (label, source)]
+    return kept
+
+
 def previous_run(job: Job) -> tuple[bool, str]:
     """(True, why) when the job's metrics.json exists and was made with the same parameters."""
     metrics_file = job.run_dir / METRICS_FILE
