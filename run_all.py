@@ -202,8 +202,6 @@ def main(argv: list[str] | None = None) -> int:
             if mode.demo and not args.dry_run:
                 preflight.prepare_demo_data(mode, config)  # its sources are needed to plan
             jobs, holdout_plan = plan.plan_holdouts(config, mode, cli_overrides(args), seeds, args.holdout_sources)
-            if not args.dry_run:
-                jobs = preflight.drop_untestable_holdouts(jobs, holdout_plan)
             if not jobs:
                 raise preflight.SweepError("--holdout-sources: no class has two sources: " + "; ".join(
                     f"{u['class']}: {u['reason']}" for u in holdout_plan["untestable"]))
@@ -212,7 +210,10 @@ def main(argv: list[str] | None = None) -> int:
         if not (args.dry_run or args.summary_only):
             if mode.demo:
                 preflight.prepare_demo_data(mode, config)
-            preflight.preflight(jobs, mode)
+            jobs = preflight.preflight(jobs, mode, holdout_plan=holdout_plan)
+            if holdout_plan is not None and not jobs:
+                raise preflight.SweepError("--holdout-sources: no held-out source leaves its class anything to train on: "
+                                           + "; ".join(f"{u['class']} {u['sources']}: {u['reason']}" for u in holdout_plan["untestable"]))
             if mode.demo:
                 preflight.prepare_demo_backbone(mode, jobs)
     except (ParameterError, ConfigError, DatasetError, WeightsError, preflight.SweepError) as exc:

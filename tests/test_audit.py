@@ -238,7 +238,7 @@ def test_a_holdout_that_leaves_no_validation_image_is_left_out_of_the_sweep_and_
     in validation; that run is dropped before anything trains, the other kept, and the plan says why."""
     from covid_mobilenet.common.config import load_config
     from covid_mobilenet.sweep.plan import make_mode, plan_holdouts
-    from covid_mobilenet.sweep.preflight import drop_untestable_holdouts
+    from covid_mobilenet.sweep.preflight import preflight
 
     data = generate_demo_dataset(tmp_path / "data" / "COVID-19_Radiography_Dataset", images=600, seed=0)
     config = load_config()
@@ -246,9 +246,10 @@ def test_a_holdout_that_leaves_no_validation_image_is_left_out_of_the_sweep_and_
     jobs, plan = plan_holdouts(config, mode, {"feature_dir": str(tmp_path / "cache")}, None, ["Viral Pneumonia"])
     assert [job.params["holdout_source"] for job in jobs] == ["Viral Pneumonia=demo-hospital-B", "Viral Pneumonia=demo-paediatric"]
     said = []
-    kept = drop_untestable_holdouts(jobs, plan, say=said.append)
+    kept = preflight(jobs, mode, say=said.append, holdout_plan=plan)
     assert [job.params["holdout_source"] for job in kept] == ["Viral Pneumonia=demo-hospital-B"]
     assert [(t["class"], t["source"]) for t in plan["testable"]] == [("Viral Pneumonia", "demo-hospital-B")]
     reasons = {u["sources"][0]: u["reason"] for u in plan["untestable"]}
     assert "left for val" in reasons["demo-paediatric"] and reasons["demo-screening"].startswith("only 1 image")
-    assert len(said) == 1 and "demo-paediatric" in said[0]
+    left_out = [line for line in said if "left out" in line]
+    assert len(left_out) == 1 and "demo-paediatric" in left_out[0]

@@ -117,3 +117,9 @@ def grouped_split(root: Path, images: pd.DataFrame, cache_dir: Path | None, *, k
     except DatasetError:
         exact_only = None
     return split, groups, groups.record(split.table, exact_only, duplicates_file_name(images))
+
+
+def split_for(root: Path, images: pd.DataFrame, params: dict, *, feature_dir: Path) -> tuple[Split, Groups, dict]:
+    """``grouped_split`` with a run's notebook parameters (``feature_dir`` resolved: the fingerprints' cache)."""
+    return grouped_split(root, images, feature_dir, keep_conflicts=params.get("keep_label_conflicts", False),
+                         val_fraction=params["val_fraction"], test_fraction=params["test_fraction"], seed=params["split_seed"])

@@ -54,17 +54,9 @@ def scan_dataset(root: str | os.PathLike, *, strict: bool = False, workers: int 
     """
     root = find_dataset_root(root)
     class_folders = visible_subfolders(root)
-    candidates: list[tuple[Path, str]] = []
-    skipped: list[SkippedFile] = []
-    for class_folder in class_folders:
-        for file in sorted(class_image_folder(class_folder).iterdir()):
-            if not file.is_file() or is_hidden(file):
-                continue
-            if file.suffix.lower() in IMAGE_SUFFIXES:
-                candidates.append((file, class_folder.name))
-            else:
-                reason = f"not an image file ({file.suffix or 'no extension'}); only {', '.join(IMAGE_SUFFIXES)} are read"
-                skipped.append(SkippedFile(_relative(file, root), reason))
+    candidates, others = listed_files(root)
+    skipped = [SkippedFile(_relative(file, root), f"not an image file ({file.suffix or 'no extension'}); only "
+                           f"{', '.join(IMAGE_SUFFIXES)} are read") for file in others]
 
     with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
         inspected = list(pool.map(inspect_image, (file for file, _ in candidates)))
@@ -97,6 +89,19 @@ def scan_dataset(root: str | os.PathLike, *, strict: bool = False, workers: int 
             f"{', '.join(STUDY_CLASSES)}. Was the archive only partly unzipped? {HOW_TO_GET_DATA}"
         )
     return ImageIndex(root=root, class_names=class_names, images=images, skipped=skipped)
+
+
+def listed_files(root: Path) -> tuple[list[tuple[Path, str]], list[Path]]:
+    """Every visible file of every class folder, without reading it: ([(image file, class)], [other files])."""
+    images, others = [], []
+    for class_folder in visible_subfolders(root):
+        for file in sorted(class_image_folder(class_folder).iterdir()):
+            if file.is_file() and not is_hidden(file):
+                if file.suffix.lower() in IMAGE_SUFFIXES:
+                    images.append((file, class_folder.name))
+                else:
+                    others.append(file)
+    return images, others
 
 
 def inspect_image(path: Path) -> tuple[str | None, str | None]:

@@ -16,7 +16,7 @@ from ..analysis.source_probe import source_probe
 from ..common.files import write_json
 from ..common.paths import resolve_path
 from ..common.run_layout import METRICS_FILE
-from ..data.grouping import data_hash, grouped_split
+from ..data.grouping import data_hash, split_for
 from ..data.layout import SPLITS
 from ..data.locate import locate_dataset
 from ..data.pipeline import split_arrays
@@ -35,9 +35,7 @@ def audit(run: Path, *, results_dir: Path | None = None) -> Path:
     params = metrics["params"]
     root = locate_dataset(Path(metrics["dataset"]["root"]))
     index = scan_dataset(root, strict=params["strict_data"])
-    split, _, duplicates = grouped_split(
-        root, index.images, resolve_path(params["feature_dir"]), keep_conflicts=params.get("keep_label_conflicts", False),
-        val_fraction=params["val_fraction"], test_fraction=params["test_fraction"], seed=params["split_seed"])
+    split, _, duplicates = split_for(root, index.images, params, feature_dir=resolve_path(params["feature_dir"]))
     cache = cached_features(index, split, feature_dir=resolve_path(params["feature_dir"]), image_size=params["image_size"],
                             weights=params["weights"], seed=params["seed"], batch_size=params["batch_size"])
     shape = cache.feature_shape

@@ -29,7 +29,7 @@ from ..data.locate import locate_dataset
 from ..data.masks import restrict_to_masked
 from ..data.pipeline import SplitPipelines, split_pipelines
 from ..data.scan import ImageIndex, scan_dataset
-from ..data.grouping import grouped_split
+from ..data.grouping import split_for
 from ..data.sources import hold_out
 from ..data.split import Split
 from ..model import batchnorm, training
@@ -86,9 +86,7 @@ def prepare_data(params: dict, runtime: Runtime) -> PreparedData:
     root = locate_dataset(None if params["data_dir"] is None else resolve_path(params["data_dir"]))
     index = scan_dataset(root, strict=params["strict_data"])
     targets = checked_calibration_settings(index.class_names)
-    split, groups, duplicates = grouped_split(
-        index.root, index.images, resolve_path(params["feature_dir"]), keep_conflicts=params["keep_label_conflicts"],
-        val_fraction=params["val_fraction"], test_fraction=params["test_fraction"], seed=params["split_seed"])
+    split, groups, duplicates = split_for(index.root, index.images, params, feature_dir=resolve_path(params["feature_dir"]))
     results_dir, holdout = resolve_path(params["results_dir"]), None
     if params["holdout_source"]:
         split, holdout = hold_out(split, index.root, params["holdout_source"])

@@ -172,13 +172,12 @@ def plan_holdouts(config: dict, mode: Mode, cli_overrides: dict, seeds: list[int
     """Leave one source out (run_all.py --holdout-sources): the baseline trained once per (class, source) where
     the class has another source, with that source's images of the class moved to test (``holdout_source``); and
     the plan: the pairs, and the classes that cannot be tested with why. ``classes``: only these classes."""
-    from ..data.layout import IMAGE_SUFFIXES, class_image_folder, visible_subfolders
     from ..data.locate import locate_dataset
+    from ..data.scan import listed_files
     from ..data.sources import holdout_pairs, sources_per_class
 
     root = locate_dataset(None if mode.data_dir is None else resolve_path(mode.data_dir))
-    listed = [(f"{folder.name}/{file.relative_to(folder).as_posix()}", folder.name) for folder in visible_subfolders(root)
-              for file in sorted(class_image_folder(folder).iterdir()) if file.suffix.lower() in IMAGE_SUFFIXES]
+    listed = [(file.relative_to(root).as_posix(), label) for file, label in listed_files(root)[0]]  # not decoded: the scan comes later
     per_class = sources_per_class(root, pd.DataFrame(listed, columns=["path", "label"]))
     unknown = sorted(set(classes or []) - set(per_class))
     if unknown:

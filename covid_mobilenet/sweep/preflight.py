@@ -17,7 +17,7 @@ from ..data.demo import DEFAULT_DEMO_DIR, demo_dataset_complete, generate_demo_d
 from ..data.layout import DatasetError
 from ..data.locate import locate_dataset
 from ..data.scan import scan_dataset
-from ..data.grouping import grouped_split
+from ..data.grouping import split_for
 from ..data.sources import hold_out
 from ..model import demo_backbone
 from ..model.weights import ensure_weights_available
@@ -52,67 +52,58 @@ def prepare_demo_backbone(mode: Mode, jobs: list[Job], say: Callable[[str], None
                 raise SweepError(str(exc)) from None
 
 
-def preflight(jobs: list[Job], mode: Mode, say: Callable[[str], None] = print) -> None:
-    """What would otherwise fail in the middle of a long sweep: data and its split, weights, writable folders."""
-    indexes, splits_checked = {}, set()
+def preflight(jobs: list[Job], mode: Mode, say: Callable[[str], None] = print, holdout_plan: dict | None = None) -> list[Job]:
+    """What would otherwise fail in the middle of a long sweep: data and its split, weights, writable folders; the jobs
+    to run. With ``holdout_plan`` (--holdout-sources), a job whose class keeps no image of another source for
+    training or validation once its source is held out (a class whose other source is a handful of images may have
+    none left for validation) is left out of the sweep, and the plan says why, instead of stopping it."""
+    indexes, splits, kept = {}, {}, []
     for job in jobs:
         params = job.params
         data_dir = params["data_dir"]
         split_key = (data_dir, params["strict_data"], params["val_fraction"], params["test_fraction"], params["split_seed"],
-                     params["keep_label_conflicts"], params["holdout_source"])
-        if split_key in splits_checked:  # the seeds of a configuration, and most configurations, share one split
-            continue
+                     params["keep_label_conflicts"])
         try:
-            if (data_dir, params["strict_data"]) not in indexes:
-                root = locate_dataset(None if data_dir is None else resolve_path(data_dir))
-                if not mode.demo and is_demo_dataset(root):
-                    raise SweepError(f"{root} is the synthetic demo set; run `python run_all.py --demo` for it, so demo numbers never pass for real ones.")
-                say(f"Checking every image under {root}")
-                indexes[data_dir, params["strict_data"]] = scan_dataset(root, strict=params["strict_data"])
-            index = indexes[data_dir, params["strict_data"]]
-            # near-duplicates grouped once here, their fingerprints cached for every run (data/grouping.py)
-            split, _, _ = grouped_split(index.root, index.images, resolve_path(params["feature_dir"]),
-                                        keep_conflicts=params["keep_label_conflicts"], val_fraction=params["val_fraction"],
-                                        test_fraction=params["test_fraction"], seed=params["split_seed"])
+            if split_key not in splits:  # the seeds of a configuration, and most configurations, share one split
+                if (data_dir, params["strict_data"]) not in indexes:
+                    root = locate_dataset(None if data_dir is None else resolve_path(data_dir))
+                    if not mode.demo and is_demo_dataset(root):
+                        raise SweepError(f"{root} is the synthetic demo set; run `python run_all.py --demo` for it, so demo numbers never pass for real ones.")
+                    say(f"Checking every image under {root}")
+                    indexes[data_dir, params["strict_data"]] = scan_dataset(root, strict=params["strict_data"])
+                index = indexes[data_dir, params["strict_data"]]
+                # near-duplicates grouped once here, their fingerprints cached for every run (data/grouping.py)
+                splits[split_key] = index.root, split_for(index.root, index.images, params,
+                                                          feature_dir=resolve_path(params["feature_dir"]))[0]
             if params["holdout_source"]:
-                hold_out(split, index.root, params["holdout_source"])
-            splits_checked.add(split_key)
+                root, split = splits[split_key]
+                try:
+                    hold_out(split, root, params["holdout_source"])
+                except DatasetError as exc:
+                    if holdout_plan is None:
+                        raise
+                    _leave_out(job, exc, holdout_plan, say)
+                    continue
         except DatasetError as exc:
             raise SweepError(f"Experiment {job.name}: {exc}") from None
-    for weights, image_size in sorted({(str(job.params["weights"]), job.params["image_size"]) for job in jobs}):
+        kept.append(job)
+    for weights, image_size in sorted({(str(job.params["weights"]), job.params["image_size"]) for job in kept}):
         ensure_weights_available(None if weights == "None" else weights, image_size)
-    for folder in sorted({resolve_path(job.params[key]) for job in jobs for key in ("results_dir", "graph_dir")}):
+    for folder in sorted({resolve_path(job.params[key]) for job in kept for key in ("results_dir", "graph_dir")}):
         try:
             ensure_writable(folder)
         except StorageError as exc:
             raise SweepError(exc.strerror) from None
-
-
-def drop_untestable_holdouts(jobs: list[Job], plan: dict, say: Callable[[str], None] = print) -> list[Job]:
-    """The --holdout-sources jobs whose class keeps images of another source in training and validation once its
-    source is held out; the others are left out of the sweep and added to the plan's untestable pairs, with why
-    (a class whose other source is a handful of images may have none left for validation)."""
-    kept, splits = [], {}
-    for job in jobs:
-        params = job.params
-        key = (params["data_dir"], params["val_fraction"], params["test_fraction"], params["split_seed"], params["keep_label_conflicts"])
-        if key not in splits:
-            root = locate_dataset(None if params["data_dir"] is None else resolve_path(params["data_dir"]))
-            index = scan_dataset(root, strict=params["strict_data"])
-            splits[key] = (root, grouped_split(root, index.images, resolve_path(params["feature_dir"]),
-                                               keep_conflicts=params["keep_label_conflicts"], val_fraction=params["val_fraction"],
-                                               test_fraction=params["test_fraction"], seed=params["split_seed"])[0])
-        root, split = splits[key]
-        try:
-            hold_out(split, root, params["holdout_source"])
-            kept.append(job)
-        except DatasetError as exc:
-            label, source = params["holdout_source"].split("=", 1)
-            say(f"{job.name}: left out: {exc}")
-            if not any(u["class"] == label and u["sources"] == [source] for u in plan["untestable"]):
-                plan["untestable"].append({"class": label, "sources": [source], "reason": str(exc).split(": ", 1)[-1]})
-            plan["testable"] = [t for t in plan["testable"] if (t["class"], t["source"]) != (label, source)]
     return kept
+
+
+def _leave_out(job: Job, problem: DatasetError, plan: dict, say: Callable[[str], None]) -> None:
+    """A held-out pair that cannot be split: said, moved from the plan's testable pairs to its untestable ones."""
+    label, source = job.params["holdout_source"].split("=", 1)
+    say(f"{job.name}: left out: {problem}")
+    if not any(u["class"] == label and u["sources"] == [source] for u in plan["untestable"]):
+        plan["untestable"].append({"class": label, "sources": [source], "reason": str(problem).split(": ", 1)[-1]})
+    plan["testable"] = [t for t in plan["testable"] if (t["class"], t["source"]) != (label, source)]
 
 
 def previous_run(job: Job) -> tuple[bool, str]:
