@@ -115,7 +115,8 @@ def test_holding_out_a_source_moves_its_images_of_that_class_to_test_and_refuses
     root, _ = films
     index = scan_dataset(root)
     split = split_images(index.images, val_fraction=0.16, test_fraction=0.2, seed=42)
-    held, record = hold_out(split, root, "COVID=demo-hospital-A")
+    groups = index.images.assign(group=range(len(index.images)))  # no near-duplicate group: nothing else moves
+    held, record = hold_out(split, root, "COVID=demo-hospital-A", groups)
     sheet = pd.read_excel(root / "COVID.metadata.xlsx", dtype=str)
     from_a = {f"COVID/images/{name}.png" for name in sheet.loc[sheet["URL"] == "demo-hospital-A", "FILE NAME"]}
     moved = held.table[held.table["path"].isin(from_a)]
@@ -124,12 +125,12 @@ def test_holding_out_a_source_moves_its_images_of_that_class_to_test_and_refuses
     assert others.equals(split.table[~split.table["path"].isin(from_a)]), "nothing else moves"
     assert held.sha256 != split.sha256
     with pytest.raises(DatasetError, match="no COVID image comes from 'nowhere'"):
-        hold_out(split, root, "COVID=nowhere")
+        hold_out(split, root, "COVID=nowhere", groups)
     single = tmp_path / "COVID-19_Radiography_Dataset"  # every COVID image from one source: none left to train on
     shutil.copytree(root, single)
     sheet.assign(URL="demo-hospital-A").to_excel(single / "COVID.metadata.xlsx", index=False)
     with pytest.raises(DatasetError, match="single source cannot be held out"):
-        hold_out(split, single, "COVID=demo-hospital-A")
+        hold_out(split, single, "COVID=demo-hospital-A", groups)
 
 
 def test_the_probe_reads_a_source_the_features_carry_and_not_one_they_do_not():
@@ -253,3 +254,84 @@ def test_a_holdout_that_leaves_no_validation_image_is_left_out_of_the_sweep_and_
     assert "left for val" in reasons["demo-paediatric"] and reasons["demo-screening"].startswith("only 1 image")
     left_out = [line for line in said if "left out" in line]
     assert len(left_out) == 1 and "demo-paediatric" in left_out[0]
+
+
+def _with_text_chunk_of_bad_crc(png: bytes) -> bytes:
+    """The PNG with a tEXt chunk whose CRC is wrong before its first IDAT: libpng (training) and the scan ignore it,
+    Pillow's own reader refuses the file."""
+    import struct
+
+    at = png.find(b"IDAT") - 4
+    body = b"k\0v"
+    return png[:at] + struct.pack(">I", len(body)) + b"tEXt" + body + struct.pack(">I", 1) + png[at:]
+
+
+def test_fingerprints_read_what_training_decodes_a_damaged_text_chunk_and_16_bit_films(films, tmp_path):
+    """A PNG with a damaged ancillary chunk (the scan accepts it) used to stop every sweep (Pillow's
+    UnidentifiedImageError); a 16-bit copy of a film was saturated to white by convert("L") and never found."""
+    import tensorflow as tf
+
+    source, _ = films
+    root = tmp_path / "COVID-19_Radiography_Dataset"
+    shutil.copytree(source, root)
+    folder = root / "Normal" / "images"
+    first, second = sorted(folder.glob("Normal-*.png"))[:2]
+    damaged, sixteen = folder / "Normal-damaged-text.png", folder / "Normal-sixteen.png"
+    damaged.write_bytes(_with_text_chunk_of_bad_crc(first.read_bytes()))
+    gray = np.asarray(Image.open(second).convert("L")).astype(np.uint16)
+    Image.fromarray(gray * 257 + np.uint16(100)).save(sixteen)  # 16-bit, its high byte the 8-bit film
+    index = scan_dataset(root)
+    listed = set(index.images["path"])
+    assert {f"Normal/images/{damaged.name}", f"Normal/images/{sixteen.name}"} <= listed, "the scan accepts both"
+    trained = tf.io.decode_image(sixteen.read_bytes(), channels=1, dtype=tf.uint8, expand_animations=False).numpy()[..., 0]
+    from covid_mobilenet.data.image_files import decoded_picture
+    assert np.array_equal(np.asarray(decoded_picture(sixteen.read_bytes())), trained), "the pixels training reads"
+    groups = grouping.group_images(root, index.images, tmp_path / "cache")
+    group_of = dict(zip(groups.images["path"], groups.images["group"]))
+    for copy, original in ((damaged, first), (sixteen, second)):
+        assert group_of[f"Normal/images/{copy.name}"] == group_of[f"Normal/images/{original.name}"], copy.name
+    row = groups.table.set_index("path").loc[f"Normal/images/{sixteen.name}"]
+    assert row["pixel_similarity"] > 0.99 and row["hash_distance"] <= 2
+
+
+def test_holding_out_a_source_leaves_out_the_copies_of_its_images_from_other_sources(films, tmp_path):
+    """A film of hospital B and its resized copy filed under hospital A: holding B out used to leave the copy in
+    training (when their group was trained on) while its original was tested on."""
+    source, _ = films
+    root = tmp_path / "COVID-19_Radiography_Dataset"
+    shutil.copytree(source, root)
+    sheet = pd.read_excel(root / "COVID.metadata.xlsx", dtype=str)
+    originals = sheet.loc[sheet["URL"] == "demo-hospital-B", "FILE NAME"].tolist()[:5]
+    rng = np.random.default_rng(2)
+    for n, name in enumerate(originals):  # several, so that some group lands in train whatever the seed
+        picture = Image.open(root / "COVID" / "images" / f"{name}.png")
+        duplicates.near_copy(picture, "resize", rng).save(root / "COVID" / "images" / f"COVID-copy-{n}.png")
+    rows = pd.DataFrame({"FILE NAME": [f"COVID-copy-{n}" for n in range(len(originals))], "FORMAT": "PNG",
+                         "SIZE": "299*299", "URL": "demo-hospital-A"})
+    pd.concat([sheet, rows]).to_excel(root / "COVID.metadata.xlsx", index=False)
+    index = scan_dataset(root)
+    split, groups, _ = grouping.grouped_split(root, index.images, None, val_fraction=0.16, test_fraction=0.2, seed=42)
+    copies = {f"COVID/images/COVID-copy-{n}.png" for n in range(len(originals))} & set(split.table["path"])  # not conflicts
+    assert set(split.subset("train")["path"]) & copies, "some copy's group is trained on before the hold-out"
+    held, record = hold_out(split, root, "COVID=demo-hospital-B", groups.images)
+    assert not copies & set(held.table["path"]), "no copy of a held-out film is trained, validated or tested on"
+    assert set(held.table.loc[held.table["path"].isin({f"COVID/images/{n}.png" for n in originals}), "split"]) == {"test"}
+    assert record["copies_left_out"]["images"] == len(copies) and sum(record["copies_left_out"]["from"].values()) == len(copies)
+    assert len(held.table) == len(split.table) - len(copies), "nothing else is left out"
+
+
+def test_the_duplicates_table_is_named_by_its_split(films, tmp_path):
+    """Two splits of one data set (another seed) used to write one file, the second overwriting the first's splits."""
+    root, _ = films
+    images = scan_dataset(root).images
+    written = {}
+    for seed in (1, 2):
+        split, groups, record = grouping.grouped_split(root, images, tmp_path / "cache", val_fraction=0.16,
+                                                       test_fraction=0.2, seed=seed)
+        path = grouping.write_duplicates_table(tmp_path, groups, split, record)
+        assert record["data_sha256"] == grouping.data_hash(images) and split.sha256[:12] in path.name
+        written[path] = dict(zip(split.table["path"], split.table["split"]))
+    assert len(written) == 2, "one file per split"
+    for path, split_of in written.items():
+        table = pd.read_csv(path)
+        assert all(split_of.get(p, grouping.LEFT_OUT) == s for p, s in zip(table["path"], table["split"])), path.name

@@ -58,7 +58,8 @@ def read_audit(results_dir: Path, collected: dict) -> dict | None:
     """The audit of the runs' data (``audit-<data hash>.json``, the hash as in their duplicates file), if made."""
     run = _first_done(collected)
     record = (run.metrics.get("dataset", {}).get("duplicates") if run else None) or {}
-    name = record.get("file", "").replace("duplicates-", "audit-").replace(".csv", ".json")
+    name = (f"audit-{record['data_sha256'][:12]}.json" if "data_sha256" in record else  # older runs: the file's hash
+            record.get("file", "").replace("duplicates-", "audit-").replace(".csv", ".json"))
     path = Path(results_dir) / name
     return json.loads(path.read_text()) if name and path.is_file() else None
 
@@ -123,6 +124,8 @@ def holdout_lines(table: pd.DataFrame, plan: dict | None) -> list[str]:
             lines.append(f"| {r['Class']} | {short_source(r['Source'])} | {r['Seed']} | {cells[0]} | {cells[1]} |")
     for item in (plan or {}).get("untestable", []):
         lines.append(f"\n{item['class']} is not testable ({', '.join(map(short_source, item['sources']))}): {item['reason']}.")
+    if lines and (plan or {}).get("copies"):
+        lines += ["", f"Near-duplicates: {plan['copies']}."]
     return lines + (["", HOW_TO_READ_HOLDOUT] if lines else [])
 
 

@@ -30,13 +30,14 @@ import pandas as pd
 from PIL import Image, ImageEnhance
 
 from ..common.files import write_atomic
+from .image_files import decoded_picture
 
 CROPS = (0.0, 0.03, 0.06)  # share cut from every side before hashing: the whole image, then two centre crops
 THUMB_CROPS = tuple(share / 100 for share in range(7))  # the thumbnails': every 1%, so a crop is matched within 0.5%
 THUMB = 32
 HASH_DISTANCE = 8  # bits, of 64: known copies were at most 6 apart (a crop), most 0 to 2
 PIXEL_SIMILARITY = 0.987  # known copies correlated at 0.9947 or more, the closest distinct films at 0.9800: half-way
-FINGERPRINT_VERSION = 2  # in the cache file's name: a changed fingerprint is computed again
+FINGERPRINT_VERSION = 3  # in the cache file's name: a changed fingerprint is computed again
 TRANSFORMS = ("jpeg", "resize", "brightness", "crop", "noise")
 
 
@@ -55,8 +56,9 @@ def fingerprint(picture: Image.Image) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _file_fingerprint(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    with Image.open(path) as picture:
-        return fingerprint(picture)
+    """The fingerprint of what the scan and training decode (``image_files.decoded_picture``): a damaged ancillary
+    PNG chunk is ignored, a 16-bit film scaled, not saturated."""
+    return fingerprint(decoded_picture(Path(path).read_bytes()))
 
 
 def fingerprints(root: Path, images: pd.DataFrame, cache_dir: Path | None, *, workers: int | None = None):
@@ -90,7 +92,7 @@ def fingerprints(root: Path, images: pd.DataFrame, cache_dir: Path | None, *, wo
 
 def _normalised(thumbs: np.ndarray) -> np.ndarray:
     """Thumbnails as unit vectors of zero mean (so that brightness and contrast do not count), float32."""
-    flat = thumbs.reshape(*thumbs.shape[:-2], -1).astype(np.float32)
+    flat = thumbs.reshape(*thumbs.shape[:-2], thumbs.shape[-2] * thumbs.shape[-1]).astype(np.float32)  # none: empty
     flat -= flat.mean(axis=-1, keepdims=True)
     return flat / np.maximum(np.linalg.norm(flat, axis=-1, keepdims=True), 1e-6)
 

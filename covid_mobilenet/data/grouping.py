@@ -4,7 +4,7 @@ included) and label conflicts, found before the split (``data/duplicates.py`` fi
 A group whose images carry more than one label is a label conflict: the same picture filed under two classes. By
 default its images are left out of training, validation and testing (``keep_label_conflicts`` keeps them, each
 group then going wholly to one split under its most common label). Every image of a group of two or more goes to
-``<results_dir>/duplicates-<data hash>.csv``; the run's metrics.json gets the counts. Free of TensorFlow.
+``<results_dir>/duplicates-<data hash>-split-<split hash>.csv``; the run's metrics.json gets the counts. Free of TensorFlow.
 """
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..common.files import write_csv
 from .layout import DatasetError
 from .split import Split, split_images
 from .duplicates import HASH_DISTANCE, PIXEL_SIMILARITY, _normalised, components, confirmed_pairs, fingerprints
@@ -28,8 +29,10 @@ def data_hash(images: pd.DataFrame) -> str:
     return hashlib.sha256("".join(rows).encode("utf-8")).hexdigest()
 
 
-def duplicates_file_name(images: pd.DataFrame) -> str:
-    return f"duplicates-{data_hash(images)[:12]}.csv"
+def duplicates_file_name(images: pd.DataFrame, split_sha256: str) -> str:
+    """The table's name: the data set's content and the split it records (its seed, fractions and what was left
+    out), so that a sweep with another split never overwrites it."""
+    return f"duplicates-{data_hash(images)[:12]}-split-{split_sha256[:12]}.csv"
 
 
 @dataclass
@@ -55,11 +58,11 @@ class Groups:
         split_of = dict(zip(split_table["path"], split_table["split"]))
         return self.table.assign(split=[split_of.get(p, LEFT_OUT) for p in self.table["path"]])
 
-    def record(self, split_table: pd.DataFrame, exact_only_split: pd.DataFrame | None, file_name: str) -> dict:
+    def record(self, split_table: pd.DataFrame, exact_only_split: pd.DataFrame | None, file_name: str,
+               data_sha256: str) -> dict:
         """The counts for metrics.json and the summary."""
         table = self.table
         groups = table.groupby("group")
-        near = groups["kind"].agg(lambda kinds: (kinds == "near").any())
         crossed = None
         if exact_only_split is not None:  # the near-duplicate groups the byte-level grouping would have split
             split_of = dict(zip(exact_only_split["path"], exact_only_split["split"]))
@@ -67,9 +70,10 @@ class Groups:
                           .groupby("group")["split"].nunique().gt(1).sum())
         return {
             "file": file_name,
+            "data_sha256": data_sha256,
             "groups": int(groups.ngroups),
             "images": int(len(table)),
-            "groups_with_near_copies": int(near.sum()),
+            "groups_with_near_copies": int(table.loc[table["kind"] == "near", "group"].nunique()),
             "groups_across_classes": int(self.conflicts["group"].nunique()),
             "images_in_conflicts": int(len(self.conflicts)),
             "conflicts_left_out": not self.keep_conflicts,
@@ -116,7 +120,13 @@ def grouped_split(root: Path, images: pd.DataFrame, cache_dir: Path | None, *, k
                                   test_fraction=test_fraction, seed=seed).table
     except DatasetError:
         exact_only = None
-    return split, groups, groups.record(split.table, exact_only, duplicates_file_name(images))
+    return split, groups, groups.record(split.table, exact_only, duplicates_file_name(images, split.sha256), data_hash(images))
+
+
+def write_duplicates_table(results_dir: Path, groups: Groups, split: Split, record: dict) -> Path:
+    """``record["file"]``: every image of every group of two or more with its split; the columns even when there is
+    no group."""
+    return write_csv(Path(results_dir) / record["file"], groups.with_splits(split.table).assign(split_sha256=split.sha256[:12]))
 
 
 def split_for(root: Path, images: pd.DataFrame, params: dict, *, feature_dir: Path) -> tuple[Split, Groups, dict]:

@@ -10,10 +10,18 @@ stricter in some ways and more lenient in others. So that a file the scan accept
 - JPEG: an end-of-image marker after the last scan (libjpeg refuses a file cut before it; bytes after it are
   ignored).
 - Any other content, whatever its extension, is refused (``data.pipeline.load_image`` refuses it too).
+
+``decoded_picture`` gives the pixels the training decoder sees, for what reads images without TensorFlow (the
+near-duplicate fingerprints): the critical chunks alone, and 16-bit samples cut to their high byte as libpng does
+for an 8-bit read (``png_set_strip_16``), never saturated by Pillow's ``convert("L")``.
 """
 from __future__ import annotations
 
+import io
 import zlib
+
+import numpy as np
+from PIL import Image
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 JPEG_START = b"\xff\xd8\xff"
@@ -62,3 +70,23 @@ def _png_critical_chunks(data: bytes) -> tuple[bytes | None, str | None]:
         if kind == b"IEND":
             return b"".join(kept), None
     return None, "PNG without its IEND chunk (cut short?); the training decoder refuses it"
+
+
+SIXTEEN_BIT_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N"}  # Pillow's one-channel modes of a 16-bit PNG
+
+
+class UnreadableImage(ValueError):
+    """A file the training decoder would refuse; the message says why."""
+
+
+def decoded_picture(data: bytes) -> Image.Image:
+    """The image the training decoder reads from a file's bytes, decoded, as an 8-bit Pillow image ("L", "LA",
+    "RGB", "RGBA" or "P" as stored; 16-bit gray scaled as training scales it). ``UnreadableImage`` otherwise."""
+    readable, problem = decodable_bytes(data)
+    if problem:
+        raise UnreadableImage(problem)
+    picture = Image.open(io.BytesIO(readable))
+    picture.load()
+    if picture.mode in SIXTEEN_BIT_MODES:
+        return Image.fromarray((np.asarray(picture).astype(np.uint32) >> 8).clip(0, 255).astype(np.uint8), "L")
+    return picture

@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image
 
-from .image_files import decodable_bytes, image_kind
+from .image_files import UnreadableImage, decoded_picture, image_kind
 from .layout import (EXPECTED_LAYOUT, HOW_TO_GET_DATA, IMAGE_SUFFIXES, STUDY_CLASSES, DatasetError, class_image_folder,
                      is_hidden, visible_subfolders)
 from .locate import find_dataset_root
@@ -114,12 +114,10 @@ def inspect_image(path: Path) -> tuple[str | None, str | None]:
         return None, "empty file (0 bytes)"
     if image_kind(data) is None:
         return None, _other_content(data)
-    decodable, problem = decodable_bytes(data)  # the training decoder's rules (image_files.py)
-    if problem:
-        return None, problem
-    try:
-        with Image.open(io.BytesIO(decodable)) as image:
-            image.load()  # decodes every pixel: catches truncated and corrupt files
+    try:  # the training decoder's rules (image_files.py), then every pixel: catches truncated and corrupt files
+        decoded_picture(data)
+    except UnreadableImage as exc:
+        return None, str(exc)
     except Exception as exc:
         return None, f"cannot be decoded as an image ({str(exc).strip() or type(exc).__name__})"
     return hashlib.sha256(data).hexdigest(), None

@@ -105,9 +105,12 @@ def summarise(test: pd.DataFrame, sources: Sources) -> dict:
     }
 
 
-def hold_out(split, root: str | os.PathLike, holdout: str):
+def hold_out(split, root: str | os.PathLike, holdout: str, groups: pd.DataFrame):
     """The split with every image of one class from one source (``holdout``: "<Class>=<source>") moved to test:
-    never trained or validated on, tested on beside the class's other sources. (new Split, record)"""
+    never trained or validated on, tested on beside the class's other sources. An image of another source in the
+    same near-duplicate group as a held-out image (``groups``: path, group, as ``data/grouping.py`` finds them) is
+    a copy of it: it is left out of the run altogether, neither trained on (the held-out film would be seen) nor
+    tested on (it would count as a seen source). (new Split, record)"""
     from .layout import DatasetError
     from .split import Split, split_hash
 
@@ -120,14 +123,24 @@ def hold_out(split, root: str | os.PathLike, holdout: str):
     if not held.any():
         known = sorted({of[p] for p in table.loc[table["label"] == label, "path"]})
         raise DatasetError(f"holdout_source={holdout!r}: no {label} image comes from {source!r}; its sources: {known}")
-    table = table.assign(split=table["split"].where(~held, "test"))
+    group_of = dict(zip(groups["path"], groups["group"]))
+    held_groups = set(table.loc[held, "path"].map(group_of))
+    copies = ~held & table["path"].map(group_of).isin(held_groups)
+    moved_from = {s: int(((table["split"] == s) & held).sum()) for s in ("train", "val", "test")}
+    left_out = {s: int(((table["split"] == s) & copies).sum()) for s in ("train", "val", "test")}
+    table = table.assign(split=table["split"].where(~held, "test"))[~copies].reset_index(drop=True)
     for subset in ("train", "val"):
         if not ((table["split"] == subset) & (table["label"] == label)).any():
             raise DatasetError(f"holdout_source={holdout!r}: no {label} image from another source is left for {subset}; "
                                "a class with a single source cannot be held out")
-    record = {"class": label, "source": source, "images": int(held.sum()),
-              "moved_from": {s: int(((split.table["split"] == s) & held).sum()) for s in ("train", "val", "test")}}
+    record = {"class": label, "source": source, "images": int(held.sum()), "moved_from": moved_from,
+              "copies_left_out": {"images": int(copies.sum()), "from": left_out,
+                                  "why": HOLDOUT_COPIES}}
     return Split(table, split_hash(table)), record
+
+
+HOLDOUT_COPIES = ("an image of another source in a near-duplicate group with a held-out image is left out of the run "
+                  "(neither trained, validated nor tested on)")
 
 
 def sources_per_class(root: str | os.PathLike, images: pd.DataFrame) -> dict[str, dict[str, int]]:

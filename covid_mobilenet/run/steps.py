@@ -21,7 +21,7 @@ from matplotlib.figure import Figure
 from ..analysis import calibration as calibration_analysis
 from ..analysis.calibration_report import reliability_figure, risk_coverage_figure
 from ..common.config import calibration_settings, load_config
-from ..common.files import ensure_writable, write_csv
+from ..common.files import ensure_writable
 from ..common.paths import resolve_path
 from ..common.run_layout import (GRADCAM_FILE, RELIABILITY_FILE, RISK_COVERAGE_FILE, TENSORBOARD_FOLDER, backup_dir, run_dir,
                                  split_file_name)
@@ -29,7 +29,7 @@ from ..data.locate import locate_dataset
 from ..data.masks import restrict_to_masked
 from ..data.pipeline import SplitPipelines, split_pipelines
 from ..data.scan import ImageIndex, scan_dataset
-from ..data.grouping import split_for
+from ..data.grouping import split_for, write_duplicates_table
 from ..data.sources import hold_out
 from ..data.split import Split
 from ..model import batchnorm, training
@@ -89,9 +89,9 @@ def prepare_data(params: dict, runtime: Runtime) -> PreparedData:
     split, groups, duplicates = split_for(index.root, index.images, params, feature_dir=resolve_path(params["feature_dir"]))
     results_dir, holdout = resolve_path(params["results_dir"]), None
     if params["holdout_source"]:
-        split, holdout = hold_out(split, index.root, params["holdout_source"])
-    else:  # the table of every near-duplicate group, with the split of each image
-        write_csv(results_dir / duplicates["file"], groups.with_splits(split.table).assign(split_sha256=split.sha256[:12]))
+        split, holdout = hold_out(split, index.root, params["holdout_source"], groups.images)
+    else:  # the table of every near-duplicate group, with the split of each image (the preflight wrote it too)
+        write_duplicates_table(results_dir, groups, split, duplicates)
     region, mask_record = params["input_region"], None
     if region != "full":  # the images without a usable lung mask cannot be shown as that region: left out, counted
         split, mask_record = restrict_to_masked(split, index.root)

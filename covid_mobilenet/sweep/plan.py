@@ -174,7 +174,7 @@ def plan_holdouts(config: dict, mode: Mode, cli_overrides: dict, seeds: list[int
     the plan: the pairs, and the classes that cannot be tested with why. ``classes``: only these classes."""
     from ..data.locate import locate_dataset
     from ..data.scan import listed_files
-    from ..data.sources import holdout_pairs, sources_per_class
+    from ..data.sources import HOLDOUT_COPIES, holdout_pairs, sources_per_class
 
     root = locate_dataset(None if mode.data_dir is None else resolve_path(mode.data_dir))
     listed = [(file.relative_to(root).as_posix(), label) for file, label in listed_files(root)[0]]  # not decoded: the scan comes later
@@ -191,7 +191,7 @@ def plan_holdouts(config: dict, mode: Mode, cli_overrides: dict, seeds: list[int
             jobs.append(job)
     plan = {"baseline": baseline, "root": str(root), "sources_per_class": per_class,
             "testable": [{"class": c, "source": s, "experiment": holdout_experiment(baseline, c, s)} for c, s in testable],
-            "untestable": untestable}
+            "untestable": untestable, "copies": HOLDOUT_COPIES}
     return jobs, plan
 
 

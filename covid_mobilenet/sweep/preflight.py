@@ -17,7 +17,7 @@ from ..data.demo import DEFAULT_DEMO_DIR, demo_dataset_complete, generate_demo_d
 from ..data.layout import DatasetError
 from ..data.locate import locate_dataset
 from ..data.scan import scan_dataset
-from ..data.grouping import split_for
+from ..data.grouping import split_for, write_duplicates_table
 from ..data.sources import hold_out
 from ..model import demo_backbone
 from ..model.weights import ensure_weights_available
@@ -57,7 +57,7 @@ def preflight(jobs: list[Job], mode: Mode, say: Callable[[str], None] = print, h
     to run. With ``holdout_plan`` (--holdout-sources), a job whose class keeps no image of another source for
     training or validation once its source is held out (a class whose other source is a handful of images may have
     none left for validation) is left out of the sweep, and the plan says why, instead of stopping it."""
-    indexes, splits, kept = {}, {}, []
+    indexes, splits, tables, kept = {}, {}, {}, []
     for job in jobs:
         params = job.params
         data_dir = params["data_dir"]
@@ -73,17 +73,19 @@ def preflight(jobs: list[Job], mode: Mode, say: Callable[[str], None] = print, h
                     indexes[data_dir, params["strict_data"]] = scan_dataset(root, strict=params["strict_data"])
                 index = indexes[data_dir, params["strict_data"]]
                 # near-duplicates grouped once here, their fingerprints cached for every run (data/grouping.py)
-                splits[split_key] = index.root, split_for(index.root, index.images, params,
-                                                          feature_dir=resolve_path(params["feature_dir"]))[0]
+                splits[split_key] = index.root, *split_for(index.root, index.images, params,
+                                                           feature_dir=resolve_path(params["feature_dir"]))
+            root, split, groups, record = splits[split_key]
             if params["holdout_source"]:
-                root, split = splits[split_key]
                 try:
-                    hold_out(split, root, params["holdout_source"])
+                    hold_out(split, root, params["holdout_source"], groups.images)
                 except DatasetError as exc:
                     if holdout_plan is None:
                         raise
                     _leave_out(job, exc, holdout_plan, say)
                     continue
+            else:  # the duplicates table, written now: a sweep stopped later still lists its data's copies
+                tables[resolve_path(params["results_dir"]) / record["file"]] = groups, split, record
         except DatasetError as exc:
             raise SweepError(f"Experiment {job.name}: {exc}") from None
         kept.append(job)
@@ -94,6 +96,8 @@ def preflight(jobs: list[Job], mode: Mode, say: Callable[[str], None] = print, h
             ensure_writable(folder)
         except StorageError as exc:
             raise SweepError(exc.strerror) from None
+    for path, (groups, split, record) in tables.items():
+        write_duplicates_table(path.parent, groups, split, record)
     return kept
 
 
