@@ -15,13 +15,12 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.run / "metrics.json").is_file():
         print(f"audit: {args.run} holds no metrics.json: name a finished run's folder", file=sys.stderr)
         return 2
-    from .analysis.source_probe import probe_lines
+    from .analysis.audit_summary import probe_section
     from .run.audit import audit
 
     path = audit(args.run, results_dir=args.results_dir)
-    record = json.loads(path.read_text())
-    print(f"wrote {path}\nsource probe:")
-    print("\n".join(probe_lines(record["source_probe"])))
+    print(f"wrote {path}")
+    print("\n".join(probe_section(json.loads(path.read_text()))))
     return 0
 
 

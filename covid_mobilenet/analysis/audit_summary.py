@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 from ..common.files import save_figure, write_csv
 from ..common.run_layout import HOLDOUT_PLAN_FILE
 from ..data.sources import short_source
-from .source_probe import probe_lines
+from .source_probe import POOLINGS, probe_lines, which_found
 from .uncertainty import wilson_interval
 
 HOLDOUT_CSV = "holdout_sources.csv"
@@ -145,7 +145,11 @@ def write_holdout(results_dir: Path, graph_dir: Path, baseline: str, read_result
 def probe_section(audit: dict | None) -> list[str]:
     if not audit:
         return []
-    features = audit["features"]
-    return [f"**Can the images tell their source?** A logistic regression on the frozen backbone's features "
-            f"({features['image_size']} px, {features['pooled']}), per class, cross-validated:", "",
-            *probe_lines(audit["source_probe"])]
+    features, probe = audit["features"], audit["source_probe"]
+    lines = [f"**Can the images tell their source?** A logistic regression on the frozen backbone's features "
+             f"({features['image_size']} px, {features['pooled']}), per class, cross-validated:", ""]
+    if set(probe) != set(POOLINGS):  # an audit made before the maximum was probed
+        return lines + probe_lines(probe)
+    for pooling, words in POOLINGS.items():
+        lines += [f"Features {words}:", "", *probe_lines(probe[pooling]), ""]
+    return lines + ["Which found what:", "", *which_found(probe)]
