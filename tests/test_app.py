@@ -69,8 +69,8 @@ def test_the_app_serves_the_best_real_run_else_the_best_demo_run_else_says_how_t
     results = tmp_path / "results"
     with pytest.raises(RunNotFound, match=r"run_all.py --demo"):
         app_page.run_to_serve(results)
-    weak = _with_model(write_finished_run(results / "demo", "mn_resultset1", correct=np.arange(40) % 2 == 0))
-    fast = _with_model(write_finished_run(results / "demo" / "fast", "mn_resultset2"))  # 80% right: the best demo run
+    weak = _with_model(write_finished_run(results / "demo", "mn_resultset1", correct=np.arange(40) % 2 == 0, val_accuracy=0.6))
+    fast = _with_model(write_finished_run(results / "demo" / "fast", "mn_resultset2", val_accuracy=0.8))  # the best demo run
     assert app_page.run_to_serve(results) == (fast, True)
     (fast / "model.keras").unlink()
     assert app_page.run_to_serve(results) == (weak, True), "a run without its model cannot be served"
@@ -92,6 +92,48 @@ def test_the_run_overview_gives_the_provenance_accuracy_checks_and_calibration(t
                      f"Temperature T = {metrics['calibration']['temperature']:.2f}"]:
         assert expected in text, expected
     assert "Not for diagnosis" in app_page.NOTICE and "synthetic data" in app_page.DEMO_BANNER
+
+
+def test_masks_are_matched_by_file_name_and_every_ambiguous_or_unused_one_is_named(tmp_path):
+    """x.png and x.jpg with two masks named x.png (uploads land in folders of their own): one image used to get the
+    other's mask, the other none, without a word."""
+    paths = {name: tmp_path / name for name in ("a/x.png", "b/x.jpg", "c/x.png", "d/x.png", "e/y.png", "f/y.png",
+                                                "g/z.png", "h/orphan.png")}
+    images = [paths["a/x.png"], paths["b/x.jpg"], paths["e/y.png"]]
+    masks = [paths["c/x.png"], paths["d/x.png"], paths["f/y.png"], paths["h/orphan.png"]]
+    matched, notes = app_page.match_masks(images, masks)
+    assert matched == [None, None, paths["f/y.png"]]
+    assert sum("x.png: no mask used: 2 images are named x.*" in n for n in notes) == 1
+    assert sum("x.jpg: no mask used: 2 images are named x.*" in n for n in notes) == 1
+    assert "mask orphan.png not used: no uploaded image has the same file name" in notes
+    matched, notes = app_page.match_masks([paths["g/z.png"]], [paths["c/x.png"], paths["g/z.png"], paths["d/x.png"]])
+    assert matched == [paths["g/z.png"]] and sum("mask x.png not used" in n for n in notes) == 2
+    matched, notes = app_page.match_masks([paths["a/x.png"]], [paths["c/x.png"], paths["d/x.png"]])
+    assert matched == [None] and notes == ["x.png: no mask used: 2 masks are named x.*; upload one"]
+
+
+def test_a_request_s_uploads_are_deleted_when_answered_but_those_a_waiting_request_names(tmp_path):
+    scratch, elsewhere = tmp_path / "scratch", tmp_path / "mine"
+    files = [scratch / f"{'0' * 63}{n}" / f"film-{n}.png" for n in range(3)] + [elsewhere / "film.png"]
+    for file in files:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        file.write_bytes(b"x")
+    assert app_page.discard_uploads(files, scratch, keep={str(files[2])}) == 2
+    assert [file.exists() for file in files] == [False, False, True, True], "a waiting request's file and the user's own stay"
+    assert sorted(p.name for p in scratch.iterdir()) == [files[2].parent.name], "emptied folders removed"
+    assert app_page.discard_uploads(files, scratch, keep={"*"}) == 0 and files[2].exists(), "the queue unread: none"
+
+
+def test_a_run_trained_on_a_region_is_served_with_a_warning(tmp_path):
+    """A --regions run answered whole films through predict and the app without a word."""
+    run = write_finished_run(tmp_path, "mn_resultset1-lungs")
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert "Warning" not in app_page.run_overview(metrics, run)
+    metrics["params"]["input_region"] = "lungs"
+    assert "**Warning: this model was trained on the lungs alone" in app_page.run_overview(metrics, run)
+    trained = predict.TrainedModel(None, ["a", "b"], 32, str(run), None, "no_lungs")
+    assert "trained on the lungs blacked out" in trained.region_warning()
+    assert predict.TrainedModel(None, ["a", "b"], 32, str(run)).region_warning() is None
 
 
 def _png_claiming(path: Path, width: int, height: int) -> Path:
@@ -205,7 +247,7 @@ def test_the_page_in_a_real_browser_answers_as_predict_refuses_a_broken_file_and
     run_files, cwd, temporary = _files_under(run), tmp_path / "cwd", tmp_path / "tmp"
     cwd.mkdir(), temporary.mkdir()
 
-    with browser.serving("--run", str(run), cwd=cwd, env={"TMPDIR": str(temporary)}) as (url, process, seconds, log):
+    with browser.serving("--run", str(run), "--max-images", "2", cwd=cwd, env={"TMPDIR": str(temporary)}) as (url, process, seconds, log):
         with browser.browser_page(executable) as page:
             page.goto(url)
             assert "Not a medical device" in page.locator("#notice").inner_text()
@@ -235,14 +277,21 @@ def test_the_page_in_a_real_browser_answers_as_predict_refuses_a_broken_file_and
         # many at once: 20 requests from as many clients; each is answered or told the queue is full, none is lost
         from gradio_client import Client, handle_file
 
+        # each with three images, one more than --max-images: the same two answered, the third named and deleted
         client = Client(url, verbose=False)
         with ThreadPoolExecutor(20) as pool:
-            outcomes = list(pool.map(lambda _: _submit(client, handle_file(str(images[0]))), range(20)))
-        answered = [o for o in outcomes if o.startswith("###")]
-        assert answered and all(f"### {images[0].name}" in o for o in answered)
-        assert all(o.startswith("###") or "queue" in o.lower() for o in outcomes), outcomes
+            outcomes = list(pool.map(lambda _: _submit(client, [handle_file(str(image)) for image in images]), range(20)))
+        answered = [o for o in outcomes if f"### {images[0].name}" in o]
+        assert answered and all(f"### {images[1].name}" in o and f"{images[2].name}: more than 2 images" in o for o in answered)
+        assert all(o in answered or "queue" in o.lower() for o in outcomes), outcomes
+        scratch = next(temporary.glob("covid-mobilenet-app-*"))
+        stored = [p for p in scratch.rglob("*") if p.is_file()]
+        uploads = [p for p in stored if p.name in {image.name for image in images}]
         print(f"app: ready in {seconds:.1f} s; 20 requests at once: {len(answered)} answered, "
-              f"{len(outcomes) - len(answered)} told the queue is full")
+              f"{len(outcomes) - len(answered)} told the queue is full; its folder then holds {len(stored)} files, "
+              f"{sum(p.stat().st_size for p in stored) / 1e6:.2f} MB ({len(uploads)} uploads)")
+        # the answered requests' uploads deleted; a refused request's (never handled) waits for delete_cache
+        assert len(uploads) <= len(images) * (len(outcomes) - len(answered) > 0), uploads
         assert process.poll() is None, "still serving"
     assert process.returncode == 0, "".join(log)
     assert (tmp_path / "app.png").stat().st_size > 10_000
@@ -251,9 +300,9 @@ def test_the_page_in_a_real_browser_answers_as_predict_refuses_a_broken_file_and
     assert not list(temporary.iterdir()), "its temporary folder (uploads, overlays) removed when it stopped"
 
 
-def _submit(client, file) -> str:
+def _submit(client, files: list) -> str:
     try:
-        markdown, _, _ = client.predict([file], [], api_name="/on_predict")
+        markdown, _, _ = client.predict(files, [], api_name="/on_predict")
         return markdown
     except Exception as exc:  # the queue's refusal reaches the client as an error
         return f"{type(exc).__name__}: {exc}"

@@ -37,6 +37,14 @@ def calibration_lines(record: dict) -> list[str]:
         f"({test['brier']['helped']}), NLL {test['nll']['before']['value']:.3f} -> {test['nll']['after']['value']:.3f} "
         f"({test['nll']['helped']}), MCE {test['mce']['before']['value']:.3f} -> {test['mce']['after']['value']:.3f}.",
     ]
+    if "ce2_debiased" in test:  # runs calibrated before the debiased estimate have none
+        after = test["ce2_debiased"]["after"]
+        lines.append(
+            f"The plug-in ECE is biased upward at {test['images']} images (a calibrated model shows some); the debiased "
+            f"squared calibration error (Kumar et al. 2019) after scaling is {after['value']:.4f} [{after['low']:.4f}, "
+            f"{after['high']:.4f}]: " + ("its interval contains 0, so these test images cannot tell the model from a "
+                                         "calibrated one." if after["low"] <= 0 <= after["high"] else
+                                         "its interval excludes 0: miscalibration beyond sampling noise."))
     for name, points in record["operating_points"].items():
         if "problem" in points:
             lines.append(f"{name}: {points['problem']}.")

@@ -1,5 +1,5 @@
 """Reading finished runs: what each run's folder holds (finished metrics, or why there are none), every
-configuration's runs, and the best finished run with its saved model.
+configuration's runs, and the best finished run with its saved model, chosen on validation accuracy.
 
 Reads run files only (``common/run_layout.py``); a missing, failed or unreadable run is a result marked as
 such, never a crash.
@@ -67,16 +67,17 @@ class RunNotFound(LookupError):
 
 
 def finished_runs(results_dir: str | os.PathLike, *, allow_demo: bool = False) -> list[tuple[float, Path]]:
-    """(test accuracy, run folder) of every finished run of the sweep in ``results_dir`` that kept its model and was
-    trained on full images: ``<results_dir>/<experiment>/seed-<seed>/``, not the runs of another folder inside it
+    """(validation accuracy, run folder) of every finished run of the sweep in ``results_dir`` that kept its model and
+    was trained on full images: ``<results_dir>/<experiment>/seed-<seed>/``, not the runs of another folder inside it
     (results/fast/, results/demo/) nor the runs of --regions, whose models take images with a region blacked out,
-    nor those of --holdout-sources, trained without one source."""
+    nor those of --holdout-sources, trained without one source. A run without a validation accuracy counts as -1."""
     runs = []
     for metrics_file in sorted(Path(results_dir).glob(f"*/seed-*/{METRICS_FILE}")):
         try:
             metrics = json.loads(metrics_file.read_text())
-            accuracy = float(metrics["test"]["accuracy"])
-        except (OSError, ValueError, KeyError, TypeError):
+            float(metrics["test"]["accuracy"])  # finished
+            accuracy = float(metrics.get("val", {}).get("accuracy", -1))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
             continue
         if metrics.get("dataset", {}).get("demo") and not allow_demo:
             continue
@@ -87,8 +88,17 @@ def finished_runs(results_dir: str | os.PathLike, *, allow_demo: bool = False) -
     return runs
 
 
+SELECTION = "the highest validation accuracy among the finished runs (test images never choose it)"
+
+
+def chosen_run(runs: list[tuple[float, Path]]) -> Path:
+    """The run of the highest validation accuracy (ties: the first by folder name): chosen without the test images,
+    so its test accuracy is an honest estimate, not the best of several draws."""
+    return max(runs, key=lambda run: (run[0], -runs.index(run)))[1]
+
+
 def best_run(results_dir: str | os.PathLike, *, allow_demo: bool = False) -> Path:
-    """The finished run with the highest test accuracy (ties: the first by folder name)."""
+    """The finished run that ``chosen_run`` picks among ``finished_runs``."""
     runs = finished_runs(results_dir, allow_demo=allow_demo)
     if not runs:
         kind = "" if allow_demo else " on the real data"
@@ -97,4 +107,4 @@ def best_run(results_dir: str | os.PathLike, *, allow_demo: bool = False) -> Pat
             "`python run_all.py` (or `python run_all.py --demo` and --run results/demo/<experiment>/seed-<seed>), "
             "or pass --model FILE."
         )
-    return max(runs, key=lambda run: (run[0], -runs.index(run)))[1]
+    return chosen_run(runs)

@@ -28,15 +28,19 @@ def wilson_interval(correct: int, total: int, confidence: float = CONFIDENCE) ->
 
 def bootstrap_interval(statistic, *samples: np.ndarray, confidence: float = CONFIDENCE) -> dict:
     """Percentile bootstrap interval of ``statistic(*samples)``, resampling images (rows of all samples together)."""
+    return bootstrap_intervals(lambda *resampled: np.atleast_1d(statistic(*resampled)), *samples, confidence=confidence)[0]
+
+
+def bootstrap_intervals(statistics, *samples: np.ndarray, confidence: float = CONFIDENCE) -> list[dict]:
+    """Percentile bootstrap intervals of each value of ``statistics(*samples)`` (an array), all from the same
+    resamples of the images: one pass, and figures computed together (before, after, their difference) stay paired."""
     result = stats.bootstrap(
-        samples, statistic, paired=True, vectorized=False, n_resamples=BOOTSTRAP_RESAMPLES,
+        samples, statistics, paired=True, vectorized=False, n_resamples=BOOTSTRAP_RESAMPLES,
         confidence_level=confidence, method="percentile", random_state=np.random.default_rng(BOOTSTRAP_SEED),
     )
-    return {
-        "low": float(result.confidence_interval.low),
-        "high": float(result.confidence_interval.high),
-        "method": f"percentile bootstrap over test images, {BOOTSTRAP_RESAMPLES} resamples, seed {BOOTSTRAP_SEED}, {confidence:.0%}",
-    }
+    method = f"percentile bootstrap over test images, {BOOTSTRAP_RESAMPLES} resamples, seed {BOOTSTRAP_SEED}, {confidence:.0%}"
+    return [{"low": float(low), "high": float(high), "method": method}
+            for low, high in zip(np.atleast_1d(result.confidence_interval.low), np.atleast_1d(result.confidence_interval.high))]
 
 
 def single_run_intervals(labels: np.ndarray, predicted: np.ndarray, num_classes: int) -> dict:

@@ -28,9 +28,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from ..analysis.results import RunNotFound  # noqa: E402
 from ..common.run_layout import METRICS_FILE  # noqa: E402
-from .page import DEMO_BANNER, MAX_FILE_MB, MAX_IMAGES, NOTICE, answer, run_overview, run_to_serve  # noqa: E402
+from .page import (DEMO_BANNER, MAX_FILE_MB, MAX_IMAGES, NOTICE, answer, discard_uploads, run_overview,  # noqa: E402
+                   run_to_serve)
 from .predict import DEFAULT_RESULTS, PredictError, load_trained  # noqa: E402
 
+DELETE_EVERY, DELETE_AFTER = 60, 600  # seconds: Gradio's delete_cache, for files no request deletes
 QUEUE_SIZE = 16  # waiting requests: the last of 16 of 32 images each waits about half a minute at 224 px on 2 cores
 TITLE = "COVID-19 chest X-ray classifier (MobileNet)"
 
@@ -43,20 +45,51 @@ def model_card_text(run: Path, metrics: dict) -> str:
     return model_card(metrics, json.loads(export_file.read_text()) if export_file.is_file() else None)
 
 
-def build_page(trained, metrics: dict, run: Path, demo: bool, max_images: int = MAX_IMAGES):
-    """The Gradio page (gradio is imported here, after ``main`` has pointed its temporary folder)."""
+def waiting_uploads(page) -> set[str]:
+    """The files that requests still waiting in the page's queue name: the server keeps one copy of each content,
+    so two requests with the same file share it. Read from Gradio's queue (gradio 6); if it cannot be read, every
+    file counts as waiting and nothing is deleted early (``delete_cache`` still removes it later)."""
+    found: set[str] = set()
+
+    def collect(value):
+        if isinstance(value, dict):
+            if isinstance(value.get("path"), str):
+                found.add(value["path"])
+            for item in value.values():
+                collect(item)
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                collect(item)
+
+    try:
+        for queue in page._queue.event_queue_per_concurrency_id.values():
+            for event in list(queue.queue):
+                collect(event.data.data if event.data is not None else [])
+    except AttributeError:
+        return {"*"}
+    return found
+
+
+def build_page(trained, metrics: dict, run: Path, demo: bool, max_images: int = MAX_IMAGES, scratch: Path | None = None):
+    """The Gradio page (gradio is imported here, after ``main`` has pointed its temporary folder ``scratch``)."""
     import gradio as gr
 
     from ..model.gradcam import GradCam
 
+    scratch = Path(scratch or os.environ.get("GRADIO_TEMP_DIR") or Path(tempfile.gettempdir()) / "gradio")
+
     gradcam = GradCam(trained.model)
 
     def on_predict(images, masks):
-        result = answer(trained, images or [], masks or [], gradcam=gradcam, max_images=max_images)
+        try:
+            result = answer(trained, images or [], masks or [], gradcam=gradcam, max_images=max_images)
+        finally:  # the request's uploads, answered or left out, deleted now (but those a waiting request names)
+            discard_uploads([*(images or []), *(masks or [])], scratch, waiting_uploads(page))
         rows = result.table.assign(path=[Path(path).name for path in result.table["path"]])  # not the server's folder
         return result.markdown, result.overlays, rows.round(4)
 
-    with gr.Blocks(title=TITLE, analytics_enabled=False) as page:
+    # what a request's deletion misses (a refused request's uploads, the overlays shown) goes after DELETE_AFTER
+    with gr.Blocks(title=TITLE, analytics_enabled=False, delete_cache=(DELETE_EVERY, DELETE_AFTER)) as page:
         gr.Markdown(f"# {TITLE}")
         if demo:
             gr.Markdown(DEMO_BANNER, elem_id="demo-banner")
@@ -108,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _stop)
     try:
         metrics = json.loads((run / METRICS_FILE).read_text())
-        page = build_page(trained, metrics, run, demo, args.max_images)
+        page = build_page(trained, metrics, run, demo, args.max_images, scratch)
         _, url, _ = page.launch(server_name=args.host, server_port=args.port, share=False, prevent_thread_lock=True,
                                 max_file_size=f"{MAX_FILE_MB}mb", footer_links=[], run_history=False,
                                 enable_monitoring=False, mcp_server=False, ssr_mode=False, show_error=True, quiet=True)

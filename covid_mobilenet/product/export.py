@@ -9,7 +9,7 @@ models) into:
 - ``model_float32.tflite``: the same weights;
 - ``model_float16.tflite``: weights stored in float16 (half the size), computed in float32;
 - ``model_int8.tflite``: full-integer quantization, uint8 pixels in and uint8 probabilities out,
-  calibrated on at most ``--calibration`` training images (never test images).
+  quantized with at most ``--representative-images`` training images as its representative data set (never test images).
 
 A run calibrated by temperature scaling (``metrics.json``'s ``calibration``) has its temperature T folded into
 all three: they end with softmax(log p / T) and give the calibrated probabilities themselves, which are
@@ -37,7 +37,7 @@ from ..common.files import file_sha256, write_atomic, write_json  # noqa: E402
 from ..common.paths import README_FILE  # noqa: E402
 from ..common.readme import replace_readme_section  # noqa: E402
 from ..common.run_layout import METRICS_FILE, MODEL_FILE  # noqa: E402
-from ..analysis.calibration import scale  # noqa: E402
+from ..analysis.calibration import temperature_scale  # noqa: E402
 from .litert import WARMUP, LiteModel, convert, keras_single_image, measure, with_temperature  # noqa: E402
 from .model_card import export_table, readme_section, write_model_card  # noqa: E402
 
@@ -45,8 +45,8 @@ EXPORT_FOLDER = "export"
 EXPORT_RECORD = "export.json"
 MODEL_CARD = "MODEL_CARD.md"
 VARIANTS = ("float32", "float16", "int8")
-CALIBRATION_IMAGES = 200
-CALIBRATION_SEED = 0
+REPRESENTATIVE_IMAGES = 200  # int8's representative data set (LiteRT's name); "calibration" is temperature scaling
+REPRESENTATIVE_SEED = 0
 EXPORT_START, EXPORT_END = "<!-- export:start -->", "<!-- export:end -->"  # the README's table, real runs only
 
 
@@ -83,7 +83,7 @@ def load_pixels(root: Path, paths, image_size: int) -> np.ndarray:
     return np.stack(list(dataset.as_numpy_iterator())) if len(paths) else np.zeros((0, image_size, image_size, 3), np.uint8)
 
 
-def export_run(run: Path, out: Path | None = None, *, threads: int = 1, calibration: int = CALIBRATION_IMAGES,
+def export_run(run: Path, out: Path | None = None, *, threads: int = 1, representative: int = REPRESENTATIVE_IMAGES,
                data_dir: Path | None = None, say=print) -> dict:
     """Export, measure, and write export.json and MODEL_CARD.md into ``out`` (default: <run>/export)."""
     import keras
@@ -104,9 +104,9 @@ def export_run(run: Path, out: Path | None = None, *, threads: int = 1, calibrat
 
     test = split[split["split"] == "test"].sort_values("path")
     train = split[split["split"] == "train"].sort_values("path")
-    chosen = train.sample(min(calibration, len(train)), random_state=CALIBRATION_SEED)["path"]
-    say(f"decoding {len(test)} test and {len(chosen)} calibration (training) images")
-    test_pixels, calibration_pixels = load_pixels(root, test["path"], image_size), load_pixels(root, chosen, image_size)
+    chosen = train.sample(min(representative, len(train)), random_state=REPRESENTATIVE_SEED)["path"]
+    say(f"decoding {len(test)} test and {len(chosen)} representative (training) images for int8")
+    test_pixels, representative_pixels = load_pixels(root, test["path"], image_size), load_pixels(root, chosen, image_size)
     labels = np.array([class_names.index(label) for label in test["label"]])
 
     saved_model = out / "saved_model"
@@ -116,13 +116,13 @@ def export_run(run: Path, out: Path | None = None, *, threads: int = 1, calibrat
     keras_probabilities, keras_latency = measure(keras_single_image(model), test_pixels)
     keras_predicted = keras_probabilities.argmax(axis=1)
     if temperature is not None:  # what the exports must give: the Keras model's probabilities, calibrated
-        keras_probabilities = scale(keras_probabilities, temperature)
+        keras_probabilities = temperature_scale(keras_probabilities, temperature)
     rows = [{"format": "Keras (.keras, float32)", "file": MODEL_FILE, "bytes": (run / MODEL_FILE).stat().st_size,
              "accuracy": float((keras_predicted == labels).mean()), "agreement_with_keras": 1.0,
              "median_latency_ms": 1000 * keras_latency, "runtime": f"Keras {keras.__version__}"}]
     for variant in VARIANTS:
         started = time.perf_counter()
-        flatbuffer = convert(saved_model, variant, calibration_pixels if variant == "int8" else None)
+        flatbuffer = convert(saved_model, variant, representative_pixels if variant == "int8" else None)
         path = out / f"model_{variant}.tflite"
         write_atomic(path, flatbuffer)
         lite = LiteModel(path, threads)
@@ -143,7 +143,7 @@ def export_run(run: Path, out: Path | None = None, *, threads: int = 1, calibrat
         "run": str(run), "experiment": metrics["experiment"], "seed": metrics["params"]["seed"],
         "demo": bool(metrics["dataset"].get("demo")), "image_size": image_size, "class_names": class_names,
         "test_images": int(len(test)), "split_sha256": metrics["dataset"]["split_sha256"],
-        "calibration": {"images": int(len(chosen)), "split": "train", "seed": CALIBRATION_SEED},
+        "representative_images": {"images": int(len(chosen)), "split": "train", "seed": REPRESENTATIVE_SEED},
         "temperature_scaling": (
             {"folded": False, "why": "the run has no calibration record (made before runs were calibrated)"}
             if temperature is None else
@@ -169,13 +169,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="CPU threads for every latency (default: %(default)s)")
     parser.add_argument("--data-dir", type=Path, help="the data set's folder, when it is no longer where the run found it")
     parser.add_argument("--no-readme", action="store_true", help="leave the README's export table alone (a real run fills it)")
-    parser.add_argument("--calibration", type=int, default=CALIBRATION_IMAGES,
-                        help="training images that calibrate int8 (default: %(default)s; never test images)")
+    parser.add_argument("--representative-images", type=int, default=REPRESENTATIVE_IMAGES,
+                        help="training images int8's ranges are measured on, its representative data set "
+                             "(default: %(default)s; never test images)")
     args = parser.parse_args(argv)
-    if args.threads < 1 or args.calibration < 1:
-        parser.error("--threads and --calibration must be at least 1")
+    if args.threads < 1 or args.representative_images < 1:
+        parser.error("--threads and --representative-images must be at least 1")
     try:
-        record = export_run(args.run, args.out, threads=args.threads, calibration=args.calibration, data_dir=args.data_dir)
+        record = export_run(args.run, args.out, threads=args.threads, representative=args.representative_images, data_dir=args.data_dir)
     except ExportError as exc:
         print(f"export: {exc}", file=sys.stderr)
         return 2

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..analysis.calibration import EPSILON
+from ..analysis.metrics import EPSILON
 
 WARMUP = 10  # single-image calls before any is timed
 
@@ -39,7 +39,7 @@ def with_temperature(model, temperature: float):
     return keras.Model(inputs, TemperatureScaling(name="temperature_scaling")(model(inputs)), name=f"{model.name}_calibrated")
 
 
-def convert(saved_model: Path, variant: str, calibration: np.ndarray | None = None) -> bytes:
+def convert(saved_model: Path, variant: str, representative: np.ndarray | None = None) -> bytes:
     """One LiteRT flatbuffer of the SavedModel: float32, float16 weights, or full-integer int8 (uint8 in and out)."""
     import tensorflow as tf
 
@@ -48,12 +48,12 @@ def convert(saved_model: Path, variant: str, calibration: np.ndarray | None = No
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = [tf.float16]
     elif variant == "int8":
-        def representative():
-            for image in calibration:
+        def representative_dataset():
+            for image in representative:
                 yield [image[None].astype(np.float32)]
 
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = representative
+        converter.representative_dataset = representative_dataset
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         converter.inference_input_type = tf.uint8
         converter.inference_output_type = tf.uint8

@@ -20,12 +20,13 @@ import pandas as pd
 from PIL import Image
 
 from ..analysis.calibration_report import calibration_lines
-from ..analysis.results import RunNotFound, best_run, finished_runs
+from ..analysis.results import RunNotFound, best_run, chosen_run, finished_runs
 from ..common.paths import PROJECT_ROOT
 from ..common.run_layout import METRICS_FILE
 from ..data.image_files import decodable_bytes
 from .model_card import INTENDED_USE, shortcut_lines
-from .predict import UNCERTAIN, TrainedModel, class_probabilities, decode, gradcam_figures, prediction_table
+from .predict import (UNCERTAIN, TrainedModel, class_probabilities, decode, gradcam_figures, prediction_table,
+                      region_warning)
 
 MAX_FILE_MB = 50  # per file; the server refuses a larger upload before it is stored
 MAX_PIXELS = 40_000_000  # per image, read from its header: a 6,000 x 6,000 film passes, a decompression bomb does not
@@ -51,7 +52,7 @@ def run_to_serve(results_dir: Path, run: Path | None = None) -> tuple[Path, bool
                 raise RunNotFound(f"No finished run with a saved model under {results_dir}, real or demo. Train one: "
                                   "`python run_all.py --demo` (about five minutes) or `python run_all.py` on the real data; "
                                   "or name a run folder with --run results/<experiment>/seed-<seed>.") from None
-            run = max(demo, key=lambda found: found[0])[1]
+            run = chosen_run(demo)
     metrics_file = Path(run) / METRICS_FILE
     if not metrics_file.is_file():
         raise RunNotFound(f"{run} holds no {METRICS_FILE}: name a finished run's folder, results/<experiment>/seed-<seed>.")
@@ -84,8 +85,13 @@ def run_overview(metrics: dict, run: Path) -> str:
         f"{params['seed']}, split `{dataset['split_sha256'][:12]}` ({'synthetic demo set' if dataset.get('demo') else 'COVID-19 Radiography Database'}, "
         f"{dataset['total_images']:,} images), made {metrics.get('finished_at', 'at an unknown time')}.",
         "",
-        f"**Test accuracy** {accuracy} on {sum(dataset['counts']['test'].values()):,} test images.",
+        f"**Test accuracy** {accuracy} on {sum(dataset['counts']['test'].values()):,} test images"
+        + (f"; validation accuracy {_percent(metrics['val']['accuracy'])}, on which the served run is chosen (test "
+           "images choose nothing)." if "accuracy" in metrics.get("val", {}) else "."),
     ]
+    warning = region_warning(params.get("input_region", "full"))
+    if warning:
+        lines += ["", f"**Warning: this model was {warning}.**"]
     shortcuts = shortcut_lines(metrics)
     if shortcuts:
         lines += ["", "**What it looks at** (shortcut checks): " + shortcuts[0], *shortcuts[1:]]
@@ -136,16 +142,42 @@ def figure_pixels(figure, dpi: int = 200) -> np.ndarray:
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
+def match_masks(images: list[Path], masks: list[Path]) -> tuple[list[Path | None], list[str]]:
+    """Each image's mask: the uploaded mask of the same stem (``x.png`` for ``x.jpg``). Two images of one stem, or
+    two masks of one stem, are ambiguous: none of them gets a mask, and each is named; so is every mask no image
+    takes."""
+    image_stems = [Path(image).stem for image in images]
+    by_stem: dict[str, list[Path]] = {}
+    for mask in masks:
+        by_stem.setdefault(Path(mask).stem, []).append(Path(mask))
+    matched, notes = [], []
+    for image, stem in zip(images, image_stems):
+        candidates = by_stem.get(stem, [])
+        if not candidates:
+            matched.append(None)
+        elif image_stems.count(stem) > 1:
+            matched.append(None)
+            notes.append(f"{Path(image).name}: no mask used: {image_stems.count(stem)} images are named {stem}.*, so "
+                         f"{', '.join(m.name for m in candidates)} cannot be told apart; give each image its own name")
+        elif len(candidates) > 1:
+            matched.append(None)
+            notes.append(f"{Path(image).name}: no mask used: {len(candidates)} masks are named {stem}.*; upload one")
+        else:
+            matched.append(candidates[0])
+    notes += [f"mask {mask.name} not used: no uploaded image has the same file name"
+              for stem, found in by_stem.items() if stem not in image_stems for mask in found]
+    return matched, notes
+
+
 def _lung_masks(images: list[Path], masks: list[Path], image_size: int) -> tuple[list, list[str]]:
     """Each image's lung mask (bool, at the model's side) when a mask of the same file name was uploaded; notes."""
     import tensorflow as tf
 
     from ..data.pipeline import load_mask
 
-    by_stem, notes = {Path(mask).stem: Path(mask) for mask in masks}, []
+    matched, notes = match_masks(images, masks)
     lungs = []
-    for image in images:
-        mask = by_stem.pop(image.stem, None)
+    for mask in matched:
         problem = None if mask is None else check_upload(mask)
         if mask is not None and problem is None:
             try:
@@ -156,8 +188,29 @@ def _lung_masks(images: list[Path], masks: list[Path], image_size: int) -> tuple
         if problem:
             notes.append(f"mask {mask.name} not used: {problem}")
         lungs.append(None)
-    notes += [f"mask {mask.name} not used: no uploaded image has the same file name" for mask in by_stem.values()]
     return lungs, notes
+
+
+def discard_uploads(files: list[Path], scratch: Path, keep: set[str]) -> int:
+    """Delete a request's uploaded files once it is answered (those inside ``scratch``, the server's folder, and not
+    in ``keep``: files a request still waiting in the queue names, since the server stores one copy per content),
+    with their folders when emptied; how many were deleted."""
+    if "*" in keep:  # the queue could not be read: every file may still be needed
+        return 0
+    deleted = 0
+    scratch = Path(scratch).resolve()
+    for file in map(Path, files):
+        try:
+            resolved = file.resolve()
+            if scratch not in resolved.parents or str(file) in keep or str(resolved) in keep:
+                continue
+            resolved.unlink()
+            deleted += 1
+            if not any(resolved.parent.iterdir()):
+                resolved.parent.rmdir()
+        except FileNotFoundError:
+            continue
+    return deleted
 
 
 def _image_lines(row: pd.Series, trained: TrainedModel, has_mask: bool) -> list[str]:
@@ -202,7 +255,7 @@ def answer(trained: TrainedModel, files: list[Path], masks: list[Path] = (), *, 
     skipped += [(Path(path).name, why) for path, why in failed]
     table = prediction_table(readable, class_probabilities(trained, pixels), trained.class_names, trained.calibration)
     lungs, notes = _lung_masks(readable, [Path(m) for m in masks], trained.image_size)
-    lines = []
+    lines = [] if trained.region_warning() is None else [f"**Warning: this model was {trained.region_warning()}.**", ""]
     if skipped or notes:
         lines += ["**Not answered:**", *[f"- {name}: {why}" for name, why in skipped], *[f"- {note}" for note in notes], ""]
     if not readable:

@@ -14,8 +14,8 @@ Images are decoded exactly as the training pipeline decodes them (``data.pipelin
 JPEG of any size, grayscale, RGB, RGBA or 16-bit, resized to the model's side), and the model
 takes raw pixels (its scaling is inside it). A file that cannot be read is named and skipped;
 the exit status is 1 when any failed, 2 when no model could be found. Without ``--run`` or
-``--model`` the best finished run of the sweep on the real data (highest test accuracy, trained on full images:
-``analysis.results.best_run``) is used, and named.
+``--model`` the best finished run of the sweep on the real data (highest validation accuracy, trained on full
+images: ``analysis.results.best_run``; test images choose nothing) is used, and named.
 """
 from __future__ import annotations
 
@@ -47,6 +47,20 @@ class TrainedModel:
     image_size: int
     source: str  # which run or file, for the user
     calibration: dict | None = None  # metrics.json's "calibration": temperature, operating points, abstain threshold
+    input_region: str = "full"  # what the model was trained on: full images, or a region (run_all.py --regions)
+
+    def region_warning(self) -> str | None:
+        return region_warning(self.input_region)
+
+
+def region_warning(input_region: str) -> str | None:
+    """Why a model's answers on whole films mean less than its test accuracy (a run trained on the lungs alone or
+    with them blacked out, a shortcut check), or None for one trained on full images."""
+    if input_region == "full":
+        return None
+    shown = "the lungs alone, the rest blacked out" if input_region == "lungs" else "the lungs blacked out"
+    return (f"trained on {shown} (input_region={input_region}, a shortcut check): it never saw a whole film, "
+            "and its answers on whole images are not what its test accuracy measured")
 
 
 def load_trained(run: Path | None = None, model_file: Path | None = None) -> TrainedModel:
@@ -69,15 +83,16 @@ def load_trained(run: Path | None = None, model_file: Path | None = None) -> Tra
         raise PredictError(f"{model_file} cannot be loaded as a Keras model: {str(exc).strip()[:300]}") from None
     metrics_file = model_file.parent / METRICS_FILE
     outputs = int(model.output_shape[-1])
-    calibration = None
+    calibration, region = None, "full"
     if metrics_file.is_file():
         metrics = json.loads(metrics_file.read_text())
         class_names, calibration = metrics["dataset"]["class_names"], metrics.get("calibration")
+        region = metrics.get("params", {}).get("input_region", "full")
     elif outputs == len(STUDY_CLASSES):
         class_names = list(STUDY_CLASSES)  # the data set's folders, in the order the loader sorts them
     else:
         class_names = [f"class_{i}" for i in range(outputs)]
-    return TrainedModel(model, class_names, int(model.input_shape[1]), str(run or model_file), calibration)
+    return TrainedModel(model, class_names, int(model.input_shape[1]), str(run or model_file), calibration, region)
 
 
 def image_files(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
@@ -136,13 +151,13 @@ def prediction_table(paths: list[Path], probabilities, class_names: list[str], c
     import numpy as np
     import pandas as pd
 
-    from ..analysis.calibration import scale
+    from ..analysis.calibration import temperature_scale
 
     table = pd.DataFrame({"path": [str(p) for p in paths],
                           "predicted": [class_names[i] for i in probabilities.argmax(axis=1)] if len(paths) else []})
     shown = probabilities
     if calibration is not None:
-        calibrated = scale(probabilities, calibration["temperature"]) if len(paths) else probabilities
+        calibrated = temperature_scale(probabilities, calibration["temperature"]) if len(paths) else probabilities
         abstain = calibration["abstain"]
         sure = calibrated.max(axis=1) >= (abstain["threshold"] if abstain["reached"] else np.inf)  # not reached: none
         table["answer"] = table["predicted"].where(sure, UNCERTAIN) if len(paths) else []
@@ -216,11 +231,13 @@ def main(argv: list[str] | None = None) -> int:
         run = args.run
         if run is None and args.model is None:
             run = best_run(args.results_dir)
-            print(f"Using the best finished run on the real data: {run}", file=sys.stderr)
+            print(f"Using the best finished run on the real data, by validation accuracy: {run}", file=sys.stderr)
         trained = load_trained(run, args.model)
     except (PredictError, RunNotFound) as exc:
         print(f"predict: {exc}", file=sys.stderr)
         return 2
+    if trained.region_warning():
+        print(f"Warning: {trained.source} was {trained.region_warning()}.", file=sys.stderr)
     files, failed = image_files(args.inputs)
     pixels, readable, undecodable = decode(files, trained.image_size)
     failed += undecodable
