@@ -364,7 +364,7 @@ def test_export_after_a_sweep_ships_the_best_run(own_sweep, tiny_root):
     done = run_all("--demo", *folders(tmp, tiny_root), *TINY, *ONLY_SWEPT, "--export")
     assert done.returncode == 0, done.stdout + done.stderr
     best = max(SWEPT, key=lambda name: (json.loads((tmp / "results" / name / "seed-42" / "metrics.json").read_text())
-                                        ["test"]["accuracy"], -SWEPT.index(name)))
+                                        ["val"]["accuracy"], -SWEPT.index(name)))  # chosen on validation, never test
     folder = tmp / "results" / best / "seed-42" / "export"
     assert f"best run {tmp / 'results' / best / 'seed-42'}" in done.stdout and "| LiteRT int8 |" in done.stdout
     for name in ("model_float32.tflite", "model_float16.tflite", "model_int8.tflite", "export.json", "MODEL_CARD.md"):

@@ -109,8 +109,9 @@ def model_card(metrics: dict, export: dict | None) -> str:
     else:
         lines += [
             f"LiteRT flatbuffers beside this card, measured on the {export['test_images']} test images with {export['threads']} "
-            f"thread(s) ({export['latency']}, after {export['warmup_calls']} warm-up calls); int8 calibrated on "
-            f"{export['calibration']['images']} training images.", "",
+            f"thread(s) ({export['latency']}, after {export['warmup_calls']} warm-up calls); int8's value ranges measured on "
+            f"{representative_images(export)} training images (its "
+            "representative data set).", "",
             export_table(export), ""]
     lines += [
         "## Intended use", "", *[f"- {item}" for item in INTENDED_USE],
@@ -156,10 +157,16 @@ def export_table(record: dict) -> str:
     return "\n".join(lines)
 
 
+def representative_images(export: dict) -> int:
+    """How many training images int8's ranges were measured on (``calibration`` in an export.json made before the
+    name meant temperature scaling only)."""
+    return (export.get("representative_images") or export["calibration"])["images"]
+
+
 def readme_section(record: dict) -> str:
     """The README's export table, from a real run's export.json."""
     return "\n".join([
         f"{record['experiment']} (seed {record['seed']}), `{record['run']}`: {record['test_images']:,} test images, "
-        f"{record['threads']} thread(s), {record['latency']}; int8 calibrated on {record['calibration']['images']} "
-        f"training images. TensorFlow {record['versions']['tensorflow']}, interpreter {record['versions']['interpreter']}.",
+        f"{record['threads']} thread(s), {record['latency']}; int8's value ranges measured on "
+        f"{representative_images(record)} training images. TensorFlow {record['versions']['tensorflow']}, interpreter {record['versions']['interpreter']}.",
         "", export_table(record)])
