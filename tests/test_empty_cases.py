@@ -98,6 +98,9 @@ def test_the_preflight_and_the_audit_run_to_the_end(case, generated, tmp_path):
     duplicates = record["duplicates"]
     assert duplicates["file"] == tables[0].name and duplicates["groups"] == table["group"].nunique()
     assert duplicates["groups_across_classes"] == 0 and duplicates["images_in_conflicts"] == 0
+    from covid_mobilenet.analysis.audit_summary import probe_section
+
+    assert record["features"]["positions"] == 1 and "a single position" in probe_section(record)[-1], "32 px: one position"
     for pooling, probe in record["source_probe"].items():  # mean and max over positions
         assert set(probe) == {"COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"}, pooling
         if case in (no_metadata, one_source_per_class):

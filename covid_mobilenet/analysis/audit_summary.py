@@ -152,4 +152,8 @@ def probe_section(audit: dict | None) -> list[str]:
         return lines + probe_lines(probe)
     for pooling, words in POOLINGS.items():
         lines += [f"Features {words}:", "", *probe_lines(probe[pooling]), ""]
+    if features.get("positions") == 1:
+        return lines + [f"At {features['image_size']} px the maps have a single position, so the two poolings are the same "
+                        "features: a local mark can only be told apart from the whole image at 64 px (2 x 2 positions) and "
+                        "above, 7 x 7 at the study's 224 px."]
     return lines + ["Which found what:", "", *which_found(probe)]

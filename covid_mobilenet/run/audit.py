@@ -65,6 +65,7 @@ def audit(run: Path, *, results_dir: Path | None = None) -> Path:
         "source_probe": spatial_probe({pooling: np.concatenate(rows) for pooling, rows in features.items()}, labels,
                                       [of[p] for p in paths], [group_of[p] for p in paths]),
         "features": {"cache": cache.folder.name, "image_size": params["image_size"], "weights": str(params["weights"]),
+                     "positions": int(np.prod(shape[:-1])),
                      "pooled": f"mean and maximum over {int(np.prod(shape[:-1]))} positions of {shape[-1]} channels"},
         "from_run": str(run),
     }
