@@ -1,5 +1,6 @@
 """The statistics of results, against hand-computed cases, and the comparisons built on them."""
 import json
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -57,6 +58,24 @@ def test_single_run_intervals_are_reproducible_and_contain_the_estimate():
     accuracy = (labels == predicted).mean()
     assert first["accuracy"]["low"] < accuracy < first["accuracy"]["high"]
     assert first["macro_f1"]["low"] < first["macro_f1"]["high"] and "1000 resamples" in first["macro_f1"]["method"]
+
+
+def test_macro_f1_and_balanced_accuracy_are_scikit_learn_s():
+    """Counted from the confusion matrix for the bootstrap's thousand resamples; equal to scikit-learn's, a class
+    never predicted or never present included."""
+    from sklearn import metrics as skm
+
+    rng = np.random.default_rng(2)
+    for labels, predicted in [(rng.integers(0, 4, 200), rng.integers(0, 4, 200)),
+                              (rng.integers(0, 3, 50), rng.integers(1, 4, 50)),  # class 3 never true, 0 never predicted
+                              (np.zeros(10, int), np.zeros(10, int))]:
+        f1, balanced = uncertainty.macro_f1_and_balanced_accuracy(uncertainty.confusion_counts(labels, predicted, 4))
+        assert f1 == pytest.approx(skm.f1_score(labels, predicted, labels=range(4), average="macro", zero_division=0))
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            assert balanced == pytest.approx(skm.balanced_accuracy_score(labels, predicted))
+        assert np.array_equal(uncertainty.confusion_counts(labels, predicted, 4),
+                              skm.confusion_matrix(labels, predicted, labels=range(4)))
 
 
 def fake_run(root, name, seed, correct, accuracy_only=False):

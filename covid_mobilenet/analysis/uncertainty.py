@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import numpy as np
 from scipy import stats
-from sklearn import metrics as skm
 from statsmodels.stats.contingency_tables import mcnemar
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.proportion import proportion_confint
@@ -43,21 +42,35 @@ def bootstrap_intervals(statistics, *samples: np.ndarray, confidence: float = CO
             for low, high in zip(np.atleast_1d(result.confidence_interval.low), np.atleast_1d(result.confidence_interval.high))]
 
 
+def confusion_counts(truth: np.ndarray, guess: np.ndarray, num_classes: int) -> np.ndarray:
+    """The confusion matrix (rows: true class) by counting, as scikit-learn's confusion_matrix gives it."""
+    return np.bincount(truth * num_classes + guess, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def macro_f1_and_balanced_accuracy(confusion: np.ndarray) -> np.ndarray:
+    """(macro F1, balanced accuracy) from a confusion matrix, as scikit-learn's f1_score(average="macro",
+    zero_division=0) over every class and balanced_accuracy_score (the mean recall of the classes present)."""
+    true_positives = np.diag(confusion).astype(float)
+    support, predicted = confusion.sum(axis=1), confusion.sum(axis=0)
+    denominator = support + predicted
+    f1 = np.divide(2 * true_positives, denominator, out=np.zeros_like(true_positives), where=denominator > 0)
+    present = support > 0
+    return np.array([f1.mean(), (true_positives[present] / support[present]).mean()])
+
+
 def single_run_intervals(labels: np.ndarray, predicted: np.ndarray, num_classes: int) -> dict:
-    """95% intervals of one run's test accuracy (Wilson), macro F1 and balanced accuracy (bootstrap)."""
-    classes = np.arange(num_classes)
-
-    def macro_f1(truth, guess):
-        return skm.f1_score(truth, guess, labels=classes, average="macro", zero_division=0)
-
-    def balanced_accuracy(truth, guess):
-        return skm.balanced_accuracy_score(truth, guess)
-
+    """95% intervals of one run's test accuracy (Wilson), macro F1 and balanced accuracy (bootstrap, both from the
+    same resamples; counted from the confusion matrix, as scikit-learn computes them, which the tests hold)."""
     labels, predicted = np.asarray(labels), np.asarray(predicted)
+
+    def both(truth, guess):
+        return macro_f1_and_balanced_accuracy(confusion_counts(truth, guess, num_classes))
+
+    macro_f1, balanced_accuracy = bootstrap_intervals(both, labels, predicted)
     return {
         "accuracy": wilson_interval(int((labels == predicted).sum()), len(labels)),
-        "macro_f1": bootstrap_interval(macro_f1, labels, predicted),
-        "balanced_accuracy": bootstrap_interval(balanced_accuracy, labels, predicted),
+        "macro_f1": macro_f1,
+        "balanced_accuracy": balanced_accuracy,
     }
 
 
