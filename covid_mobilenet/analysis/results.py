@@ -88,9 +88,6 @@ def finished_runs(results_dir: str | os.PathLike, *, allow_demo: bool = False) -
     return runs
 
 
-SELECTION = "the highest validation accuracy among the finished runs (test images never choose it)"
-
-
 def chosen_run(runs: list[tuple[float, Path]]) -> Path:
     """The run of the highest validation accuracy (ties: the first by folder name): chosen without the test images,
     so its test accuracy is an honest estimate, not the best of several draws."""

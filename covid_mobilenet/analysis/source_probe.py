@@ -50,9 +50,10 @@ def probe_class(features: np.ndarray, sources: list[str], groups: np.ndarray | N
     predicted = cross_val_predict(model, x, y, groups=g, cv=StratifiedGroupKFold(folds, shuffle=True, random_state=seed))
     correct = int((predicted == y).sum())
     majority = float(max(np.mean(y == name) for name in kept))
+    interval = wilson_interval(correct, len(y))
     return {**record, "testable": True, "probed_images": int(len(y)), "groups": int(len(set(g))), "folds": folds,
-            "correct": correct, "accuracy": correct / len(y), "interval": wilson_interval(correct, len(y)),
-            "majority": majority, "above_majority": wilson_interval(correct, len(y))["low"] > majority}
+            "correct": correct, "accuracy": correct / len(y), "interval": interval, "majority": majority,
+            "above_majority": interval["low"] > majority}
 
 
 def source_probe(features: np.ndarray, labels: list[str], sources: list[str], groups=None, *, seed: int = 0) -> dict:
@@ -82,9 +83,9 @@ def which_found(probes: dict) -> list[str]:
     """Per class, which pooling found the source (``probes``: spatial_probe's record), in words."""
     lines = []
     for label in probes["mean"]:
-        found = [pooling for pooling in POOLINGS if probes[pooling][label].get("above_majority")]
         if not probes["mean"][label]["testable"]:
             continue
+        found = [pooling for pooling in POOLINGS if probes[pooling][label]["above_majority"]]
         if found == ["max"]:
             lines.append(f"- {label}: only the maximum over positions finds the source: a small local mark (a marker, "
                          "text, a corner) gives it away, not the image as a whole.")

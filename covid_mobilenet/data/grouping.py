@@ -29,10 +29,10 @@ def data_hash(images: pd.DataFrame) -> str:
     return hashlib.sha256("".join(rows).encode("utf-8")).hexdigest()
 
 
-def duplicates_file_name(images: pd.DataFrame, split_sha256: str) -> str:
+def duplicates_file_name(data_sha256: str, split_sha256: str) -> str:
     """The table's name: the data set's content and the split it records (its seed, fractions and what was left
     out), so that a sweep with another split never overwrites it."""
-    return f"duplicates-{data_hash(images)[:12]}-split-{split_sha256[:12]}.csv"
+    return f"duplicates-{data_sha256[:12]}-split-{split_sha256[:12]}.csv"
 
 
 @dataclass
@@ -120,7 +120,8 @@ def grouped_split(root: Path, images: pd.DataFrame, cache_dir: Path | None, *, k
                                   test_fraction=test_fraction, seed=seed).table
     except DatasetError:
         exact_only = None
-    return split, groups, groups.record(split.table, exact_only, duplicates_file_name(images, split.sha256), data_hash(images))
+    digest = data_hash(images)
+    return split, groups, groups.record(split.table, exact_only, duplicates_file_name(digest, split.sha256), digest)
 
 
 def write_duplicates_table(results_dir: Path, groups: Groups, split: Split, record: dict) -> Path:

@@ -45,10 +45,10 @@ def model_card_text(run: Path, metrics: dict) -> str:
     return model_card(metrics, json.loads(export_file.read_text()) if export_file.is_file() else None)
 
 
-def waiting_uploads(page) -> set[str]:
+def waiting_uploads(page) -> set[str] | None:
     """The files that requests still waiting in the page's queue name: the server keeps one copy of each content,
-    so two requests with the same file share it. Read from Gradio's queue (gradio 6); if it cannot be read, every
-    file counts as waiting and nothing is deleted early (``delete_cache`` still removes it later)."""
+    so two requests with the same file share it. Read from Gradio's queue (gradio 6); None when it cannot be read:
+    then nothing is deleted early (``delete_cache`` still removes it later)."""
     found: set[str] = set()
 
     def collect(value):
@@ -66,7 +66,7 @@ def waiting_uploads(page) -> set[str]:
             for event in list(queue.queue):
                 collect(event.data.data if event.data is not None else [])
     except AttributeError:
-        return {"*"}
+        return None
     return found
 
 

@@ -59,6 +59,12 @@ def run_to_serve(results_dir: Path, run: Path | None = None) -> tuple[Path, bool
     return Path(run), bool(json.loads(metrics_file.read_text())["dataset"].get("demo"))
 
 
+def _region_line(input_region: str) -> str | None:
+    """The page's warning for a run trained on a region (``predict.region_warning``), or None."""
+    warning = region_warning(input_region)
+    return None if warning is None else f"**Warning: this model was {warning}.**"
+
+
 def _shown(path: Path) -> Path:
     """A path inside the project relative to it (results/...), any other as it is."""
     try:
@@ -89,9 +95,9 @@ def run_overview(metrics: dict, run: Path) -> str:
         + (f"; validation accuracy {_percent(metrics['val']['accuracy'])}, on which the served run is chosen (test "
            "images choose nothing)." if "accuracy" in metrics.get("val", {}) else "."),
     ]
-    warning = region_warning(params.get("input_region", "full"))
+    warning = _region_line(params.get("input_region", "full"))
     if warning:
-        lines += ["", f"**Warning: this model was {warning}.**"]
+        lines += ["", warning]
     shortcuts = shortcut_lines(metrics)
     if shortcuts:
         lines += ["", "**What it looks at** (shortcut checks): " + shortcuts[0], *shortcuts[1:]]
@@ -191,11 +197,12 @@ def _lung_masks(images: list[Path], masks: list[Path], image_size: int) -> tuple
     return lungs, notes
 
 
-def discard_uploads(files: list[Path], scratch: Path, keep: set[str]) -> int:
+def discard_uploads(files: list[Path], scratch: Path, keep: set[str] | None) -> int:
     """Delete a request's uploaded files once it is answered (those inside ``scratch``, the server's folder, and not
     in ``keep``: files a request still waiting in the queue names, since the server stores one copy per content),
-    with their folders when emptied; how many were deleted."""
-    if "*" in keep:  # the queue could not be read: every file may still be needed
+    with their folders when emptied; how many were deleted. ``keep`` None: the queue could not be read, so any file
+    may still be needed and none is deleted."""
+    if keep is None:
         return 0
     deleted = 0
     scratch = Path(scratch).resolve()
@@ -255,7 +262,8 @@ def answer(trained: TrainedModel, files: list[Path], masks: list[Path] = (), *, 
     skipped += [(Path(path).name, why) for path, why in failed]
     table = prediction_table(readable, class_probabilities(trained, pixels), trained.class_names, trained.calibration)
     lungs, notes = _lung_masks(readable, [Path(m) for m in masks], trained.image_size)
-    lines = [] if trained.region_warning() is None else [f"**Warning: this model was {trained.region_warning()}.**", ""]
+    warning = _region_line(trained.input_region)
+    lines = [] if warning is None else [warning, ""]
     if skipped or notes:
         lines += ["**Not answered:**", *[f"- {name}: {why}" for name, why in skipped], *[f"- {note}" for note in notes], ""]
     if not readable:
