@@ -33,6 +33,9 @@ from .page import (DEMO_BANNER, MAX_FILE_MB, MAX_IMAGES, NOTICE, answer, discard
 from .predict import DEFAULT_RESULTS, PredictError, load_trained  # noqa: E402
 
 DELETE_EVERY, DELETE_AFTER = 60, 600  # seconds: Gradio's delete_cache, for files no request deletes
+# An upload is stored before its request joins the queue, and the server keeps one file per content: a file stored
+# again less than this many seconds ago may belong to a request about to join, so it waits for a later request.
+UPLOAD_GRACE = 10
 QUEUE_SIZE = 16  # waiting requests: the last of 16 of 32 images each waits about half a minute at 224 px on 2 cores
 TITLE = "COVID-19 chest X-ray classifier (MobileNet)"
 
@@ -43,6 +46,14 @@ def model_card_text(run: Path, metrics: dict) -> str:
 
     export_file = run / "export" / "export.json"
     return model_card(metrics, json.loads(export_file.read_text()) if export_file.is_file() else None)
+
+
+def _modified(path: str) -> float:
+    """When the file was last stored (an upload of the same content again refreshes it); 0 when it is gone."""
+    try:
+        return Path(path).stat().st_mtime
+    except OSError:
+        return 0.0
 
 
 def waiting_uploads(page) -> set[str] | None:
@@ -80,11 +91,17 @@ def build_page(trained, metrics: dict, run: Path, demo: bool, max_images: int = 
 
     gradcam = GradCam(trained.model)
 
+    answered: set[str] = set()  # uploads of answered requests not deleted yet
+
     def on_predict(images, masks):
         try:
             result = answer(trained, images or [], masks or [], gradcam=gradcam, max_images=max_images)
-        finally:  # the request's uploads, answered or left out, deleted now (but those a waiting request names)
-            discard_uploads([*(images or []), *(masks or [])], scratch, waiting_uploads(page))
+        finally:  # the uploads of this and earlier answered requests, deleted (but those a request may still need)
+            answered.update(map(str, [*(images or []), *(masks or [])]))
+            now = time.time()
+            settled = {f for f in answered if now - _modified(f) >= UPLOAD_GRACE}
+            discard_uploads(sorted(settled), scratch, waiting_uploads(page))
+            answered.intersection_update({f for f in answered if Path(f).exists()})
         rows = result.table.assign(path=[Path(path).name for path in result.table["path"]])  # not the server's folder
         return result.markdown, result.overlays, rows.round(4)
 
