@@ -26,6 +26,11 @@ AUTOTUNE = tf.data.AUTOTUNE
 def load_image(path: tf.Tensor, image_size: int) -> tf.Tensor:
     """Read one file into a (image_size, image_size, 3) uint8 tensor; a file that is not PNG or JPEG by its content
     is refused, as the scan refuses it (``image_files.py``)."""
+    return fitted(decode_file(path), image_size)
+
+
+def decode_file(path: tf.Tensor) -> tf.Tensor:
+    """One PNG or JPEG file as a (height, width, 3) uint8 tensor at its own size; anything else is refused."""
     raw = tf.io.read_file(path)
     is_png = tf.equal(tf.strings.substr(raw, 0, len(PNG_SIGNATURE)), PNG_SIGNATURE)
     is_jpeg = tf.equal(tf.strings.substr(raw, 0, len(JPEG_START)), JPEG_START)
@@ -33,7 +38,11 @@ def load_image(path: tf.Tensor, image_size: int) -> tf.Tensor:
         raw = tf.identity(raw)
     # decode_image reads PNG or JPEG by content, drops alpha, repeats gray to 3 channels
     # and scales 16-bit samples down to 8 bits.
-    image = tf.io.decode_image(raw, channels=3, dtype=tf.uint8, expand_animations=False)
+    return tf.io.decode_image(raw, channels=3, dtype=tf.uint8, expand_animations=False)
+
+
+def fitted(image: tf.Tensor, image_size: int) -> tf.Tensor:
+    """A decoded uint8 image (height, width, 3) resized to the model's side, as every image the model sees is."""
     image = tf.image.resize(image, [image_size, image_size], antialias=True)
     return tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
 
