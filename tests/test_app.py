@@ -153,7 +153,7 @@ def test_uploads_are_checked_from_their_header_before_anything_is_decoded(tmp_pa
     Image.fromarray((np.arange(64 * 64) % 251).reshape(64, 64).astype(np.uint16) * 257).save(good)  # 16-bit
     assert app_page.check_upload(good) is None
     (tmp_path / "notes.png").write_text("a text file named like an image")
-    assert "neither a PNG nor a JPEG" in app_page.check_upload(tmp_path / "notes.png")
+    assert "neither a PNG, a JPEG nor a DICOM" in app_page.check_upload(tmp_path / "notes.png")
     (tmp_path / "cut.png").write_bytes(good.read_bytes()[:200])
     assert "cut short" in app_page.check_upload(tmp_path / "cut.png")
     assert "9000 x 9000 pixels, more than the limit of 40 million" in app_page.check_upload(
@@ -161,6 +161,16 @@ def test_uploads_are_checked_from_their_header_before_anything_is_decoded(tmp_pa
     assert "decompression bomb" in app_page.check_upload(_png_claiming(tmp_path / "bigger.png", 60000, 60000))
     assert app_page.check_upload(_png_claiming(tmp_path / "film.png", 4000, 5000)) is None, "a large film passes"
     assert "more than the limit of 0.0001 MB per file" in app_page.check_upload(good, max_mb=0.0001)
+
+
+def test_dicom_uploads_are_checked_from_their_header_too(tmp_path):
+    from .test_dicom import PYDICOM_FILES, film_file, rg1
+
+    assert app_page.check_upload(rg1("J2KR")) is None, "a compressed film an installed plugin decodes"
+    assert "without pixel data" in app_page.check_upload(PYDICOM_FILES / "rtplan.dcm")
+    assert "colour DICOM" in app_page.check_upload(PYDICOM_FILES / "SC_rgb_small_odd.dcm")
+    claims = film_file(tmp_path, "claims.dcm", np.zeros((8, 8)), Rows=9000, Columns=9000)  # the header alone is read
+    assert "9000 x 9000 pixels, more than the limit of 40 million" in app_page.check_upload(claims)
 
 
 def _test_images(run: Path, metrics: dict, count: int) -> tuple[list[Path], list[Path]]:

@@ -115,7 +115,7 @@ def test_the_notebook_and_run_experiment_make_the_same_calls_in_the_same_order()
     in_function = [name for name in calls_on(functions["run_experiment"], None) if name in functions]
     in_notebook = notebook_steps(EXPERIMENT_NOTEBOOK)
     assert in_notebook == ["check", "setup", "prepare_data", "build", "train", "recalibrate_batchnorm", "split_predictions",
-                           "full_model", "look_for_shortcuts", "calibrate", "evaluate", "save_outputs"]
+                           "full_model", "look_for_shortcuts", "calibrate", "fit_guard", "evaluate", "save_outputs"]
     assert in_function == in_notebook
 
 

@@ -3,6 +3,7 @@
     python -m covid_mobilenet.benchmark              # 2,000 images of 299x299 at image_size 224, about 15 min on 2 cores
     python -m covid_mobilenet.benchmark --full-size  # adds the memory check: one fast configuration on 21,165 images
     python -m covid_mobilenet.benchmark --duplicates # only the near-duplicate figures (a few minutes), into bench.json
+    python -m covid_mobilenet.benchmark --unfamiliar # only the unfamiliar-image guard's figures on a run (--run), into bench.json
 
 It prints a table and writes ``results/bench.json`` with:
 
@@ -26,6 +27,9 @@ It prints a table and writes ``results/bench.json`` with:
   ``full_size.peak_rss_gib`` is the peak of the notebook kernel that ran one fast configuration;
 - ``duplicates`` (``--duplicates``, ``bench/duplicates.py``): recall on known near-copies and false matches among
   known distinct films, and the seconds to fingerprint and group the 21,165-image set, first and cached;
+- ``unfamiliar`` (``--unfamiliar``, ``bench/unfamiliar.py``): both scores of the unfamiliar-image guard on one trained
+  run (``--run``, chosen as for the int8 figures): AUROC between its test images and real films, and non-radiographs,
+  the share flagged, fitting seconds and file size; predict's time per image with and without the guard;
 - the raw figures and the machine (CPU, cores, GPUs, versions).
 """
 from __future__ import annotations
@@ -64,6 +68,10 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"also run one fast configuration on {FULL_SIZE_IMAGES:,} generated images and record its peak memory")
     parser.add_argument("--duplicates", action="store_true", help="measure only the near-duplicate search (recall, false "
                         f"matches, time on {FULL_SIZE_IMAGES:,} images) and add it to the output file")
+    parser.add_argument("--unfamiliar", action="store_true", help="measure only the unfamiliar-image guard's two scores "
+                        "on a trained run (--run) and add them to the output file")
+    parser.add_argument("--unfamiliar-images", type=Path, default=None, help="a folder of real films the run never saw, "
+                        "for --unfamiliar (default: the tests' real films, tests/real_films)")
     parser.add_argument("--data-dir", type=Path, default=DATA_DIR, help="where the generated sets go (default: %(default)s)")
     parser.add_argument("--output", type=Path, default=BENCH_FILE, help="(default: %(default)s)")
     parser.add_argument("--run", type=Path, help="the trained run whose LiteRT exports are compared (default: the best "
@@ -71,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.duplicates:
         return measure_duplicates(args)
+    if args.unfamiliar:
+        return measure_guard(args)
 
     started = time.perf_counter()
     root = ensure_data(args.data_dir / f"{args.images}", args.images)
@@ -126,6 +136,22 @@ def measure_duplicates(args) -> int:
           f"{figures['false_matches']} false matches in {figures['distinct_pairs']:,} pairs of different films")
     figures["full_size"] = grouping_time(ensure_data(args.data_dir / "full", FULL_SIZE_IMAGES))
     bench["duplicates"] = {**figures, "machine": machine()}
+    write_json(args.output, bench)
+    print(f"written to {args.output}")
+    return 0
+
+
+def measure_guard(args) -> int:
+    """``--unfamiliar``: the unfamiliar-image guard's figures, added to the output file beside the others."""
+    from .unfamiliar import REAL_FILMS, measure_unfamiliar
+    from .unfamiliar import table as guard_table
+
+    bench = json.loads(args.output.read_text()) if args.output.is_file() else {}
+    figures = measure_unfamiliar(args.run or quantization_run(), args.unfamiliar_images or REAL_FILMS)
+    print(guard_table(figures))
+    if "skipped" in figures:
+        return 1
+    bench["unfamiliar"] = {**figures, "machine": machine()}
     write_json(args.output, bench)
     print(f"written to {args.output}")
     return 0

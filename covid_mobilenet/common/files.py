@@ -86,6 +86,18 @@ def save_figure(figure, path: str | os.PathLike) -> Path:
     return Path(path)
 
 
+def figure_pixels(figure, dpi: int = 200) :
+    """A Matplotlib figure rendered to RGB pixels."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(figure)
+    figure.set_dpi(dpi)
+    canvas.draw()
+    import numpy as np
+
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
 def file_sha256(path: str | os.PathLike) -> str:
     """The SHA-256 of a file's bytes, read in blocks."""
     digest = hashlib.sha256()

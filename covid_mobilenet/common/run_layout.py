@@ -18,6 +18,7 @@ HISTORY_FILE = "history.csv"
 PREDICTIONS_FILE = "predictions.csv"  # one row per validation and test image: true, predicted, probabilities
 CONFUSION_FILE = "confusion_matrix.png"
 MODEL_FILE = "model.keras"  # the trained model, float32, raw pixels in; git-ignored
+GUARD_FILE = "unfamiliar.npz"  # the unfamiliar-image guard's statistics, read with the model (analysis/unfamiliar.py)
 SHORTCUTS_FILE = "shortcuts.csv"  # one row per test image: predictions with the lungs removed and alone, Grad-CAM energy, source
 GRADCAM_FILE = "gradcam.png"  # Grad-CAM overlays of a few test images per class
 RELIABILITY_FILE = "reliability.png"  # calibration: top-label and per-class reliability, before and after scaling

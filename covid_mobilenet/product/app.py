@@ -113,7 +113,7 @@ def build_page(trained, metrics: dict, run: Path, demo: bool, max_images: int = 
         gr.Markdown(NOTICE, elem_id="notice")
         with gr.Row():
             with gr.Column(scale=1):
-                images = gr.File(label=f"Chest X-ray images: PNG or JPEG, any size (up to {max_images} at once)",
+                images = gr.File(label=f"Chest X-ray images: PNG, JPEG or DICOM, any size (up to {max_images} at once)",
                                  file_count="multiple", elem_id="images")
                 masks = gr.File(label="Lung masks (optional): same file names as the images", file_count="multiple",
                                 elem_id="masks")

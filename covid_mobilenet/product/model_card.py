@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 from ..analysis.calibration_report import calibration_lines
+from ..analysis.unfamiliar import BLIND, SEES
 from ..common.files import write_atomic
 from ..data.masks import REGION_LABELS
 
@@ -102,6 +103,7 @@ def model_card(metrics: dict, export: dict | None) -> str:
     else:
         lines += ["This run has no calibration record (it was made before runs were calibrated): its probabilities are the "
                   "model's raw softmax, usually overconfident. Rerun it to calibrate."]
+    lines += ["", "## Unfamiliar images", "", *unfamiliar_lines(metrics)]
     lines += ["", "## Exports", ""]
     if export is None:
         lines += ["Not exported yet: `python -m covid_mobilenet.export <run>` writes LiteRT float32, float16 and int8 models, "
@@ -140,6 +142,32 @@ def shortcut_lines(metrics: dict) -> list[str]:
                   f"{_percent(marker['no_lungs_accuracy_marked'])} of the marked images are still called {marker['class']}"
                   + ("" if marker.get("blurred_lungs_accuracy_marked") is None else
                      f", with the lungs blurred {_percent(marker['blurred_lungs_accuracy_marked'])}") + "."]
+    return lines
+
+
+def unfamiliar_lines(metrics: dict) -> list[str]:
+    """The unfamiliar-image guard in words: how it scores, its threshold, what it flagged, what it can and cannot
+    see; or why the run has none."""
+    guard = metrics.get("unfamiliar")
+    if not guard:
+        return ["This run has no unfamiliar-image guard (it was made before runs had one): it answers any image with a "
+                "class, however unlike its training images. Rerun it to fit one."]
+    flagged = guard["test_flagged"]
+    interval = flagged.get("interval")
+    method = ("the smallest Mahalanobis distance to a class mean (shared covariance, Ledoit-Wolf shrinkage)"
+              if guard["method"] == "mahalanobis" else "the distance to the k-th nearest training image")
+    lines = [f"- Score: {method}, in the space of the trained model's pooled backbone features ({guard['dimensions']} "
+             f"values), fitted on its training images. Threshold {guard['threshold']:.2f}: "
+             f"{guard['threshold_rule']}, so about 5% of images like the training ones are flagged.",
+             f"- Test images flagged: {flagged['images']} of {flagged['of']} ({_percent(flagged['share'])}"
+             f"{_interval(interval)}).",
+             "- An image above the threshold is answered `unfamiliar` by `predict` and the web app, never with a class, "
+             "whatever its confidence."]
+    shifted = guard.get("shifted")
+    if shifted:
+        lines.append(f"- {shifted['name']} ({shifted['images']} images, never trained on): AUROC {shifted['auroc']:.3f} "
+                     f"against the other test images; {_percent(shifted['share_flagged'])} flagged.")
+    lines += [f"- It sees {SEES}.", f"- It cannot see this: {BLIND}."]
     return lines
 
 

@@ -1,12 +1,14 @@
 """What the web app (``product/app.py``) shows, apart from the web framework: which run it serves, that run's
 overview, the checks every uploaded file passes first, and each image's answer with its Grad-CAM overlay.
 
-An image's answer is ``predict``'s row for it: the same decoding (``predict.decode``), the same probabilities
-(``predict.class_probabilities``) and the same table (``predict.prediction_table``: calibrated probabilities,
-the answer or ``uncertain``, the operating points' decisions), so the page and the command cannot disagree.
-Before anything is decoded, each file is checked without decoding it: its size, that it is a whole PNG or JPEG
-by its content (the training decoder's rules, ``data.image_files``) and its pixel count from its header, so a
-broken or huge file costs nothing and is named with the reason.
+An image's answer is ``predict``'s row for it: the same decoding (``predict.decode``, DICOM rendered as
+``data/dicom.py`` does), the same probabilities and unfamiliarity (``TrainedModel.outputs``) and the same table
+(``predict.run_table``: calibrated probabilities, the answer, ``uncertain`` or ``unfamiliar``, the operating
+points' decisions), so the page and the command cannot disagree. Before anything is decoded, each file is
+checked without decoding it: its size, that it is a whole PNG or JPEG by its content (the training decoder's rules,
+``data.image_files``) or a single-frame grayscale DICOM whose pixels an installed plugin decodes, and its pixel
+count from its header, so a broken or huge file costs nothing and is named with the reason. Nothing from a DICOM
+header but its view is shown.
 """
 from __future__ import annotations
 
@@ -21,12 +23,15 @@ from PIL import Image
 
 from ..analysis.calibration_report import calibration_lines
 from ..analysis.results import RunNotFound, best_run, chosen_run, finished_runs
+from ..common.files import figure_pixels
 from ..common.paths import PROJECT_ROOT
 from ..common.run_layout import METRICS_FILE
+from ..analysis.unfamiliar import BLIND
+from ..data.dicom import header_problem
 from ..data.image_files import decodable_bytes
-from .model_card import INTENDED_USE, shortcut_lines
-from .predict import (UNCERTAIN, TrainedModel, class_probabilities, decode, gradcam_figures, prediction_table,
-                      region_warning)
+from .model_card import INTENDED_USE, shortcut_lines, unfamiliar_lines
+from .inputs import NOT_AN_IMAGE, decode, input_kind
+from .predict import UNCERTAIN, UNFAMILIAR, TrainedModel, gradcam_figures, region_warning, run_table
 
 MAX_FILE_MB = 50  # per file; the server refuses a larger upload before it is stored
 MAX_PIXELS = 40_000_000  # per image, read from its header: a 6,000 x 6,000 film passes, a decompression bomb does not
@@ -101,6 +106,7 @@ def run_overview(metrics: dict, run: Path) -> str:
     shortcuts = shortcut_lines(metrics)
     if shortcuts:
         lines += ["", "**What it looks at** (shortcut checks): " + shortcuts[0], *shortcuts[1:]]
+    lines += ["", "**Unfamiliar images**: " + " ".join(line.removeprefix("- ") for line in unfamiliar_lines(metrics)[:3])]
     calibration = metrics.get("calibration")
     lines += ["", "**Probabilities**: " + (" ".join(calibration_lines(calibration)) if calibration else
                                           "this run has no calibration record: the page shows the model's raw softmax, "
@@ -109,11 +115,16 @@ def run_overview(metrics: dict, run: Path) -> str:
 
 
 def check_upload(path: Path, *, max_pixels: int = MAX_PIXELS, max_mb: float = MAX_FILE_MB) -> str | None:
-    """Why the file cannot be answered (too large, not a whole PNG or JPEG, too many pixels), or None; nothing
-    is decoded but the header."""
+    """Why the file cannot be answered (too large, not a whole PNG or JPEG nor a readable grayscale DICOM, too many
+    pixels), or None; nothing is decoded but the header."""
     size = path.stat().st_size
     if size > max_mb * 1e6:
         return f"{size / 1e6:.1f} MB, more than the limit of {max_mb:g} MB per file"
+    kind = input_kind(path)
+    if kind is None:
+        return NOT_AN_IMAGE
+    if kind == "DICOM":
+        return header_problem(path, max_pixels=max_pixels)
     readable, why = decodable_bytes(path.read_bytes())
     if why:
         return why
@@ -136,16 +147,6 @@ class Answers:
     markdown: str
     overlays: list[tuple[np.ndarray, str]] = field(default_factory=list)
     table: pd.DataFrame = field(default_factory=pd.DataFrame)
-
-
-def figure_pixels(figure, dpi: int = 200) -> np.ndarray:
-    """A Matplotlib figure rendered to RGB pixels."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    canvas = FigureCanvasAgg(figure)
-    figure.set_dpi(dpi)
-    canvas.draw()
-    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
 def match_masks(images: list[Path], masks: list[Path]) -> tuple[list[Path | None], list[str]]:
@@ -223,7 +224,14 @@ def discard_uploads(files: list[Path], scratch: Path, keep: set[str] | None) -> 
 def _image_lines(row: pd.Series, trained: TrainedModel, has_mask: bool) -> list[str]:
     """One image's answer in words, and its probabilities as a table."""
     predicted, calibration = row["predicted"], trained.calibration
-    lines = [f"### {Path(row['path']).name}", "", f"**Prediction: {predicted} ({_percent(row[f'p_{predicted}'])})**", ""]
+    lines = [f"### {Path(row['path']).name}", ""] + ([f"**Warning: this file is {row['warning']}.**", ""]
+                                                    if row.get("warning") else [])
+    if row.get("unfamiliar") == "yes":
+        lines += [f"**Answer: unfamiliar. This image is unlike the images the model was trained on** (score "
+                  f"{row['unfamiliarity']:.1f}, above the run's threshold {trained.guard.threshold:.1f}, which 95% of its "
+                  "validation images stay under). Its class and probabilities below are not an answer: a model is often "
+                  "confidently wrong on such images.", ""]
+    lines += [f"**Prediction: {predicted} ({_percent(row[f'p_{predicted}'])})**", ""]
     if calibration is None:
         lines.append(f"The highest of the model's raw softmax probabilities ({row['probabilities']}; this run has no "
                      "calibration, so no abstaining and no operating point).")
@@ -234,7 +242,7 @@ def _image_lines(row: pd.Series, trained: TrainedModel, has_mask: bool) -> list[
                          f"({_percent(abstain['threshold'])})." if abstain["reached"] else
                          "**Answer: uncertain.** No confidence threshold reached the run's target accuracy on validation, "
                          "so it answers no image.")
-        else:
+        elif row["answer"] != UNFAMILIAR:  # an unfamiliar image's answer is said above
             lines.append(f"**Answer: {row['answer']}**: the calibrated confidence is at or above the run's abstain threshold "
                          f"({_percent(abstain['threshold'])}, which reached {abstain['target_accuracy']:g} accuracy on validation).")
         for column in [c for c in row.index if " at sensitivity " in c]:
@@ -242,6 +250,10 @@ def _image_lines(row: pd.Series, trained: TrainedModel, has_mask: bool) -> list[
             threshold = calibration["operating_points"][name]["target_sensitivity"]["threshold"]
             lines.append(f"- {name} at sensitivity {target} (threshold {threshold:.3f}, chosen on validation): "
                          f"**{row[column]}**")
+    if row.get("unfamiliar") == "no":
+        lines.append(f"- Like the training images (unfamiliarity {row['unfamiliarity']:.1f}, under the run's threshold "
+                     f"{trained.guard.threshold:.1f}); the guard is blind to some shifts: {BLIND}.")
+    lines += [f"- DICOM view (ViewPosition): {row['view']}"] if row.get("view") else []
     lines += ["", f"| Class | Probability ({row['probabilities']}) |", "| :-- | --: |"]
     lines += [f"| {name} | {row[f'p_{name}']:.4f} |" for name in trained.class_names]
     lines += ["", "Lung outline: from the uploaded mask." if has_mask else
@@ -258,18 +270,23 @@ def answer(trained: TrainedModel, files: list[Path], masks: list[Path] = (), *, 
                for f in files[max_images:]]
     checked = [(f, check_upload(f)) for f in files[:max_images]]
     skipped += [(f.name, why) for f, why in checked if why]
-    pixels, readable, failed = decode([f for f, why in checked if not why], trained.image_size)
-    skipped += [(Path(path).name, why) for path, why in failed]
-    table = prediction_table(readable, class_probabilities(trained, pixels), trained.class_names, trained.calibration)
-    lungs, notes = _lung_masks(readable, [Path(m) for m in masks], trained.image_size)
+    decoded = decode([f for f, why in checked if not why], trained.image_size)
+    skipped += [(Path(path).name, why) for path, why in decoded.failed]
+    table = run_table(trained, decoded)
+    lungs, notes = _lung_masks(decoded.paths, [Path(m) for m in masks], trained.image_size)
     warning = _region_line(trained.input_region)
     lines = [] if warning is None else [warning, ""]
+    if trained.guard is None:
+        lines += ["**This run has no unfamiliar-image guard** (it was made before runs had one): nothing tells an "
+                  "image unlike its training images apart, and the model answers those too.", ""]
     if skipped or notes:
         lines += ["**Not answered:**", *[f"- {name}: {why}" for name, why in skipped], *[f"- {note}" for note in notes], ""]
-    if not readable:
-        lines.append("No image could be read." if files else "Upload one or more PNG or JPEG images, then press Predict.")
+    if not decoded.paths:
+        lines.append("No image could be read." if files else "Upload one or more PNG, JPEG or DICOM images, then press Predict.")
     overlays = []
-    for (_, row), figure, lung in zip(table.iterrows(), gradcam_figures(trained, pixels, readable, table, lungs, gradcam), lungs):
+    figures = gradcam_figures(trained, decoded.pixels, decoded.paths, table, lungs, gradcam)
+    for (_, row), figure, lung in zip(table.iterrows(), figures, lungs):
         lines += _image_lines(row, trained, lung is not None) + [""]
-        overlays.append((figure_pixels(figure), f"{Path(row['path']).name}: {row['predicted']}"))
+        caption = UNFAMILIAR if row.get("unfamiliar") == "yes" else row["predicted"]
+        overlays.append((figure_pixels(figure), f"{Path(row['path']).name}: {caption}"))
     return Answers("\n".join(lines), overlays, table)

@@ -1,7 +1,7 @@
 """Apply a trained model to images: one row per image, the predicted class and every class's probability.
 
     python -m covid_mobilenet.predict IMAGES_OR_FOLDERS... [--run results/<experiment>/seed-<seed> | --model FILE]
-                                      [--csv FILE] [--gradcam FOLDER] [--raw]
+                                      [--csv FILE] [--gradcam FOLDER] [--rendered FOLDER] [--raw]
 
 A run's probabilities are calibrated by default: its temperature T, fitted on its validation images
 (``metrics.json``'s ``calibration``), gives softmax(log p / T); ``--raw`` prints the model's own softmax.
@@ -12,8 +12,15 @@ calibration (a bare ``--model`` file, a run of before calibration) gives its raw
 
 Images are decoded exactly as the training pipeline decodes them (``data.pipeline.load_image``: PNG or
 JPEG of any size, grayscale, RGB, RGBA or 16-bit, resized to the model's side), and the model
-takes raw pixels (its scaling is inside it). A file that cannot be read is named and skipped;
-the exit status is 1 when any failed, 2 when no model could be found. Without ``--run`` or
+takes raw pixels (its scaling is inside it). DICOM films are rendered to 8-bit grayscale first (``data/dicom.py``:
+modality LUT, the file's window or VOI LUT, MONOCHROME1 inverted); ``--rendered FOLDER`` writes every input as the
+PNG the model is given, before resizing. Files are recognised by their content; a folder's other files, and any file
+that cannot be read, are named with the reason and skipped: the exit status is 1 when any was, 2 when no model could
+be found. Nothing from a DICOM header but its technical fields (the view, the modality) is printed or written.
+
+A run's unfamiliar-image guard (``analysis/unfamiliar.py``, saved beside its model) scores how unlike the run's
+training images each image is: above its threshold the row's ``unfamiliar`` is yes and its answer ``unfamiliar``,
+never a class, whatever the confidence. Without ``--run`` or
 ``--model`` the best finished run of the sweep on the real data (highest validation accuracy, trained on full
 images: ``analysis.results.best_run``; test images choose nothing) is used, and named.
 """
@@ -23,15 +30,17 @@ import argparse
 import json
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from ..analysis.results import RunNotFound, best_run  # noqa: E402
 from ..common.paths import PROJECT_ROOT  # noqa: E402
-from ..common.run_layout import METRICS_FILE, MODEL_FILE  # noqa: E402
-from ..data.layout import IMAGE_SUFFIXES, STUDY_CLASSES  # noqa: E402
+from ..common.run_layout import GUARD_FILE, METRICS_FILE, MODEL_FILE  # noqa: E402
+from ..data.dicom import Film  # noqa: E402
+from .inputs import NOT_AN_IMAGE, Decoded, decode, image_files, input_kind, output_names  # noqa: E402,F401 (predict's API)
+from ..data.layout import STUDY_CLASSES  # noqa: E402
 
 DEFAULT_RESULTS = PROJECT_ROOT / "results"
 
@@ -48,9 +57,22 @@ class TrainedModel:
     source: str  # which run or file, for the user
     calibration: dict | None = None  # metrics.json's "calibration": temperature, operating points, abstain threshold
     input_region: str = "full"  # what the model was trained on: full images, or a region (run_all.py --regions)
+    guard: object | None = None  # analysis.unfamiliar.Guard, saved beside the model; None for a run made before it
+    _outputs: object | None = field(default=None, repr=False)  # model.pooled.PooledOutputs, made on first use
 
     def region_warning(self) -> str | None:
         return region_warning(self.input_region)
+
+    def outputs(self, pixels, batch_size: int = 32):
+        """(class probabilities, unfamiliarity scores or None without a guard) of uint8 images, in one pass."""
+        if self.guard is None:
+            return class_probabilities(self, pixels, batch_size), None
+        if self._outputs is None:
+            from ..model.pooled import PooledOutputs
+
+            self._outputs = PooledOutputs(self.model)
+        probabilities, features = self._outputs(pixels, batch_size)
+        return probabilities, self.guard.scores(features)
 
 
 def region_warning(input_region: str) -> str | None:
@@ -92,43 +114,12 @@ def load_trained(run: Path | None = None, model_file: Path | None = None) -> Tra
         class_names = list(STUDY_CLASSES)  # the data set's folders, in the order the loader sorts them
     else:
         class_names = [f"class_{i}" for i in range(outputs)]
-    return TrainedModel(model, class_names, int(model.input_shape[1]), str(run or model_file), calibration, region)
+    guard = None
+    if (model_file.parent / GUARD_FILE).is_file():
+        from ..analysis.unfamiliar import Guard
 
-
-def image_files(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
-    """The image files named or inside the named folders (recursively, sorted); and the inputs that are neither."""
-    found, problems = [], []
-    for item in inputs:
-        path = Path(item).expanduser()
-        if path.is_dir():
-            inside = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-                            and not any(part.startswith(".") for part in p.relative_to(path).parts))
-            if not inside:
-                problems.append((item, f"folder holds no {'/'.join(IMAGE_SUFFIXES)} file"))
-            found += inside
-        elif path.is_file():
-            found.append(path)
-        else:
-            problems.append((item, "does not exist"))
-    return found, problems
-
-
-def decode(paths: list[Path], image_size: int):
-    """(uint8 pixels of the readable files, their paths, [(path, why)] of the others), decoded as in training."""
-    import numpy as np
-    import tensorflow as tf
-
-    from ..data.pipeline import load_image
-
-    pixels, readable, failed = [], [], []
-    for path in paths:
-        try:
-            pixels.append(load_image(tf.constant(str(path)), image_size).numpy())
-            readable.append(path)
-        except (tf.errors.OpError, ValueError) as exc:
-            failed.append((str(path), f"cannot be decoded as an image ({str(exc).strip().splitlines()[0][:200]})"))
-    batch = np.stack(pixels) if pixels else np.zeros((0, image_size, image_size, 3), np.uint8)
-    return batch, readable, failed
+        guard = Guard.load(model_file.parent / GUARD_FILE)
+    return TrainedModel(model, class_names, int(model.input_shape[1]), str(run or model_file), calibration, region, guard)
 
 
 def class_probabilities(trained: TrainedModel, pixels, batch_size: int = 32):
@@ -142,12 +133,16 @@ def class_probabilities(trained: TrainedModel, pixels, batch_size: int = 32):
 
 
 UNCERTAIN = "uncertain"
+UNFAMILIAR = "unfamiliar"
 
 
 def prediction_table(paths: list[Path], probabilities, class_names: list[str], calibration: dict | None = None,
-                     *, raw: bool = False):
-    """One row per image: the predicted class, the run's answer and decisions (with a calibration), and the
-    probabilities: calibrated unless ``raw`` or there is no calibration (column ``probabilities`` says which)."""
+                     *, raw: bool = False, unfamiliarity=None, guard_threshold: float | None = None,
+                     films: list[Film | None] | None = None):
+    """One row per image: the predicted class, the run's answer and decisions (with a calibration), whether it is
+    unfamiliar (with a guard's ``unfamiliarity`` scores and threshold), and the probabilities: calibrated unless
+    ``raw`` or there is no calibration (column ``probabilities`` says which). With DICOM inputs (``films``), the
+    view of each (ViewPosition) and a warning for a lateral one."""
     import numpy as np
     import pandas as pd
 
@@ -156,35 +151,44 @@ def prediction_table(paths: list[Path], probabilities, class_names: list[str], c
     table = pd.DataFrame({"path": [str(p) for p in paths],
                           "predicted": [class_names[i] for i in probabilities.argmax(axis=1)] if len(paths) else []})
     shown = probabilities
+    if calibration is not None or unfamiliarity is not None:
+        table["answer"] = table["predicted"]
     if calibration is not None:
         calibrated = temperature_scale(probabilities, calibration["temperature"]) if len(paths) else probabilities
         abstain = calibration["abstain"]
         sure = calibrated.max(axis=1) >= (abstain["threshold"] if abstain["reached"] else np.inf)  # not reached: none
-        table["answer"] = table["predicted"].where(sure, UNCERTAIN) if len(paths) else []
+        table["answer"] = table["answer"].where(sure, UNCERTAIN) if len(paths) else []
         for name, points in calibration["operating_points"].items():
             if "target_sensitivity" in points:
                 point = points["target_sensitivity"]
                 flagged = calibrated[:, class_names.index(name)] >= point["threshold"] if len(paths) else []
                 table[f"{name} at sensitivity {point['target']:g}"] = ["yes" if f else "no" for f in flagged]
         shown = probabilities if raw else calibrated
+    if unfamiliarity is not None:
+        unfamiliar = np.asarray(unfamiliarity) > guard_threshold
+        table["unfamiliar"] = ["yes" if u else "no" for u in unfamiliar]
+        table["unfamiliarity"] = np.asarray(unfamiliarity, float)
+        table["answer"] = table["answer"].where(~unfamiliar, UNFAMILIAR) if len(paths) else []
+    if films is not None and any(films):
+        table["view"] = [(film.view or "not given") if film else "" for film in films]
+        table["warning"] = [(film.view_warning() or "") if film else "" for film in films]
     table["probabilities"] = ("raw" if raw or calibration is None else f"calibrated (T={calibration['temperature']:.2f})")
     for i, name in enumerate(class_names):
         table[f"p_{name}"] = shown[:, i] if len(paths) else []
     return table
 
 
+def run_table(trained: TrainedModel, decoded: Decoded, *, raw: bool = False, batch_size: int = 32):
+    """``prediction_table`` of decoded inputs with a trained model: its probabilities, calibration and guard."""
+    probabilities, unfamiliarity = trained.outputs(decoded.pixels, batch_size)
+    return prediction_table(decoded.paths, probabilities, trained.class_names, trained.calibration, raw=raw,
+                            unfamiliarity=unfamiliarity, films=decoded.films,
+                            guard_threshold=None if trained.guard is None else trained.guard.threshold)
+
+
 def overlay_names(paths: list[Path]) -> list[str]:
-    """One file name per input: ``<stem>.gradcam.png``, or ``<stem>.<n>.gradcam.png`` when an earlier input took
-    that name (folders searched recursively often hold several ``1.png``)."""
-    taken, names = set(), []
-    for path in paths:
-        name, number = f"{path.stem}.gradcam.png", 1
-        while name in taken:
-            number += 1
-            name = f"{path.stem}.{number}.gradcam.png"
-        taken.add(name)
-        names.append(name)
-    return names
+    """One Grad-CAM file name per input, ``<stem>.gradcam.png`` (``output_names``)."""
+    return output_names(paths, ".gradcam.png")
 
 
 def gradcam_figures(trained: TrainedModel, pixels, paths: list[Path], table, lungs: list | None = None, gradcam=None):
@@ -215,13 +219,16 @@ def write_gradcam(trained: TrainedModel, pixels, paths: list[Path], table, folde
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m covid_mobilenet.predict", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files, or folders searched for .png/.jpg/.jpeg")
+    parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER",
+                        help="image files (PNG, JPEG, DICOM), or folders searched for them by content")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--run", type=Path, help="a finished run's folder, results/<experiment>/seed-<seed> (default: the best real run)")
     source.add_argument("--model", type=Path, help="a .keras model file (class names from the metrics.json beside it)")
     parser.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS, help="where to look for the best run (default: %(default)s)")
     parser.add_argument("--csv", type=Path, help="also write the rows to this CSV file")
     parser.add_argument("--gradcam", type=Path, metavar="FOLDER", help="write a Grad-CAM overlay per image into FOLDER")
+    parser.add_argument("--rendered", type=Path, metavar="FOLDER", help="write each input as the 8-bit PNG the model is "
+                                                                          "given, before resizing (<name>.png)")
     parser.add_argument("--raw", action="store_true", help="print the model's own softmax instead of the calibrated "
                                                            "probabilities (answers and decisions stay calibrated)")
     parser.add_argument("--batch-size", type=int, default=32)
@@ -239,19 +246,29 @@ def main(argv: list[str] | None = None) -> int:
     if trained.region_warning():
         print(f"Warning: {trained.source} was {trained.region_warning()}.", file=sys.stderr)
     files, failed = image_files(args.inputs)
-    pixels, readable, undecodable = decode(files, trained.image_size)
-    failed += undecodable
+    decoded = decode(files, trained.image_size, args.rendered)
+    failed += decoded.failed
     if trained.calibration is None:
         print(f"{trained.source} has no calibration (a model file alone, or a run made before runs were calibrated): "
               "these are the model's raw softmax probabilities, which are usually overconfident", file=sys.stderr)
-    table = prediction_table(readable, class_probabilities(trained, pixels, args.batch_size), trained.class_names,
-                             trained.calibration, raw=args.raw)
+    if trained.guard is None:
+        print(f"{trained.source} has no unfamiliar-image guard (a model file alone, or a run made before runs had one): "
+              "nothing tells an image unlike its training images apart", file=sys.stderr)
+    table = run_table(trained, decoded, raw=args.raw, batch_size=args.batch_size)
     import pandas as pd
 
     with pd.option_context("display.max_rows", None, "display.width", 200, "display.max_colwidth", 80):
         print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}") if len(table) else "no image could be read")
+    for path, film in zip(decoded.paths, decoded.films):
+        if film is not None and film.view_warning():
+            print(f"Warning: {path} is {film.view_warning()}.", file=sys.stderr)
+    if "unfamiliar" in table and (table["unfamiliar"] == "yes").any():
+        print(f"{(table['unfamiliar'] == 'yes').sum()} image(s) unlike the run's training images (unfamiliar: yes): "
+              "their answer is 'unfamiliar', whatever the probabilities say", file=sys.stderr)
+    if args.rendered and decoded.rendered:
+        print(f"wrote {len(decoded.rendered)} rendered input(s) to {args.rendered}", file=sys.stderr)
     if args.gradcam and len(table):
-        written = write_gradcam(trained, pixels, readable, table, args.gradcam)
+        written = write_gradcam(trained, decoded.pixels, decoded.paths, table, args.gradcam)
         table["gradcam"] = [str(path) for path in written]  # the overlay of each row
         print(f"wrote {len(written)} Grad-CAM overlays to {args.gradcam}", file=sys.stderr)
     if args.csv:

@@ -61,6 +61,8 @@ RULES: dict[str, Rule] = {
     "input_region": Rule("str", "'full', 'lungs' (only the lungs kept) or 'no_lungs' (the lungs blacked out)",
                          lambda v: v in ("full", "lungs", "no_lungs")),
     "keep_label_conflicts": Rule("bool", "False (a near-duplicate group filed under two classes is left out) or True"),
+    "unfamiliar_method": Rule("str", "'mahalanobis' or 'knn' (the unfamiliar-image guard's score, analysis/unfamiliar.py)",
+                              lambda v: v in ("mahalanobis", "knn")),
     "holdout_source": Rule("str", "None or '<Class>=<source>' (a class's images from that source held out of training)",
                            lambda v: "=" in v and all(part.strip() for part in v.split("=", 1)), optional=True),
 }

@@ -23,7 +23,7 @@ from ..analysis.calibration_report import reliability_figure, risk_coverage_figu
 from ..common.config import calibration_settings, load_config
 from ..common.files import ensure_writable
 from ..common.paths import resolve_path
-from ..common.run_layout import (GRADCAM_FILE, RELIABILITY_FILE, RISK_COVERAGE_FILE, TENSORBOARD_FOLDER, backup_dir, run_dir,
+from ..common.run_layout import (GRADCAM_FILE, GUARD_FILE, RELIABILITY_FILE, RISK_COVERAGE_FILE, TENSORBOARD_FOLDER, backup_dir, run_dir,
                                  split_file_name)
 from ..data.locate import locate_dataset
 from ..data.masks import restrict_to_masked
@@ -37,7 +37,8 @@ from ..model.features import FeatureCache, cached_features
 from ..model.inference import predicted_probabilities
 from ..model.runtime import Runtime, configure
 from ..model.weights import ensure_weights_available
-from . import outputs, record
+from . import guard, outputs, record
+from .guard import Unfamiliar
 from .models import head_on_backbone, trainable_model
 from .outputs import PREDICTED_SUBSETS
 from .params import check_parameters
@@ -217,19 +218,28 @@ def calibrate(predictions: dict[str, pd.DataFrame], analysis: ShortcutAnalysis, 
     return Calibration(found, calibrated, figures)
 
 
+def fit_guard(whole: keras.Model, data: PreparedData, analysis: ShortcutAnalysis, params: dict) -> Unfamiliar:
+    """The unfamiliar-image guard, fitted on the training images' pooled backbone features, its threshold chosen on
+    validation's; what it flags on test, and against a held-out source (``run/guard.py``)."""
+    return guard.fit_run_guard(whole, data, analysis, params)
+
+
 def evaluate(model: keras.Model, data: PreparedData, predictions: dict[str, pd.DataFrame], params: dict,
              history: pd.DataFrame, runtime: Runtime, analysis: ShortcutAnalysis, batchnorm_record: dict,
-             calibration: Calibration) -> dict:
+             calibration: Calibration, unfamiliar: Unfamiliar) -> dict:
     """The full metrics record of a finished run (``run/record.py``)."""
     return record.metrics_record(model, data, predictions, params, history, runtime,
-                                 {**analysis.metrics, "batchnorm": batchnorm_record, "calibration": calibration.record})
+                                 {**analysis.metrics, "batchnorm": batchnorm_record, "calibration": calibration.record,
+                                  "unfamiliar": unfamiliar.record})
 
 
 def save_outputs(metrics: dict, calibration: Calibration, history: pd.DataFrame, params: dict,
-                 analysis: ShortcutAnalysis, whole: keras.Model) -> dict[str, Path]:
+                 analysis: ShortcutAnalysis, whole: keras.Model, unfamiliar: Unfamiliar) -> dict[str, Path]:
     """Write the run's files, metrics.json last; then drop the training backup (``run/outputs.py``)."""
-    return outputs.write_run_files(metrics, calibration.predictions, history, params, analysis.table,
-                                   {GRADCAM_FILE: analysis.panel, **calibration.figures}, whole)
+    guard_file = unfamiliar.guard.save(run_dir(params) / GUARD_FILE)
+    return {"unfamiliar": guard_file,
+            **outputs.write_run_files(metrics, calibration.predictions, history, params, analysis.table,
+                                      {GRADCAM_FILE: analysis.panel, **calibration.figures}, whole)}
 
 
 
@@ -247,6 +257,7 @@ class Experiment:
     analysis: ShortcutAnalysis
     batchnorm: dict
     calibration: Calibration
+    unfamiliar: Unfamiliar
     metrics: dict
     paths: dict[str, Path]
 
@@ -263,7 +274,9 @@ def run_experiment(namespace: Mapping[str, Any], *, devices: list[str] | None = 
     whole = full_model(model, data, params)
     analysis = look_for_shortcuts(whole, data, predictions, params, runtime)
     calibration = calibrate(predictions, analysis, data, params)
-    metrics = evaluate(model, data, predictions, params, history, runtime, analysis, batchnorm_record, calibration)
-    paths = save_outputs(metrics, calibration, history, params, analysis, whole)
+    unfamiliar = fit_guard(whole, data, analysis, params)
+    metrics = evaluate(model, data, predictions, params, history, runtime, analysis, batchnorm_record, calibration,
+                       unfamiliar)
+    paths = save_outputs(metrics, calibration, history, params, analysis, whole, unfamiliar)
     return Experiment(params, runtime, data, model, history, predictions, whole, analysis, batchnorm_record, calibration,
-                      metrics, paths)
+                      unfamiliar, metrics, paths)
