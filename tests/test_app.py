@@ -57,6 +57,9 @@ def answering_run(trained_run, tmp_path_factory):
     folder = tmp_path_factory.mktemp("answering") / "results" / "mn_resultset3" / "seed-42"
     shutil.copytree(run, folder)
     _answering_model(metrics["params"]["image_size"], len(metrics["dataset"]["class_names"])).save(folder / "model.keras")
+    with pytest.raises(predict.PredictError, match="the guard belongs to another model"):
+        predict.load_trained(folder)  # the run's guard scores its own model's features, not this one's
+    (folder / "unfamiliar.npz").unlink()  # a run made before runs had a guard: the page says so
     metrics = {**metrics, "calibration": {**metrics["calibration"], "temperature": 1.5}}
     (folder / "metrics.json").write_text(json.dumps(metrics))
     return folder, metrics

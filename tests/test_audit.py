@@ -198,6 +198,10 @@ def test_holdout_sources_on_the_demo_trains_without_each_covid_source_and_tables
         assert metrics["dataset"]["counts"]["train"]["COVID"] > 0, "the class's other source is still trained on"
         assert row["Held-out low"] <= row["Held-out accuracy"] <= row["Held-out high"]
         assert len(split) == metrics["dataset"]["total_images"]
+        # the unfamiliar-image guard against the held-out source: its images apart from the other test images
+        guard = metrics["unfamiliar"]
+        assert guard["shifted"]["images"] == held["images"] and 0 <= guard["shifted"]["auroc"] <= 1
+        assert guard["test_flagged"]["of"] == sum(metrics["dataset"]["counts"]["test"].values()) - held["images"]
     summary = (tmp_path / "results" / "summary.md").read_text()
     assert "Leaving one source out" in summary and "Reporting checklist (CLAIM 2020)" in summary
     assert (tmp_path / "Graph" / "Held_out_sources.png").is_file()

@@ -69,7 +69,10 @@ def test_predict_agrees_with_the_notebooks_own_test_predictions(trained_run, tmp
     calibration = metrics["calibration"]
     abstain = calibration["abstain"]
     confident = notebook[calibrated].max(axis=1) >= (abstain["threshold"] if abstain["reached"] else np.inf)
-    assert (ours["answer"] == notebook["predicted"].where(confident, "uncertain")).all()
+    unfamiliar = ours["unfamiliarity"] > metrics["unfamiliar"]["threshold"]
+    assert (ours["unfamiliar"] == unfamiliar.map({True: "yes", False: "no"})).all()
+    assert unfamiliar.sum() == metrics["unfamiliar"]["test_flagged"]["images"], "the notebook's own count"
+    assert (ours["answer"] == notebook["predicted"].where(confident, "uncertain").where(~unfamiliar, "unfamiliar")).all()
     covid = calibration["operating_points"]["COVID"]["target_sensitivity"]
     flagged = (notebook["calibrated_p_COVID"] >= covid["threshold"]).map({True: "yes", False: "no"})
     assert (ours[f"COVID at sensitivity {covid['target']:g}"] == flagged).all()
@@ -95,14 +98,15 @@ def test_predict_reads_every_image_kind_names_a_broken_file_and_searches_folders
     Image.fromarray(np.stack([source] * 3, -1), "RGB").resize((523, 411)).save(folder / "nested" / "large.jpg", quality=95)
     Image.fromarray(255 - source, "L").save(folder / "nested" / "gray.png")  # another picture of the same name
     (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not the rest of a PNG")
-    (folder / "notes.txt").write_text("not an image, not listed")
+    (folder / "notes.txt").write_text("not an image: named, not predicted")
     assert Image.open(folder / "sixteen.png").mode.startswith("I")
 
     exit_status = predict.main([str(folder), "--run", str(run), "--csv", str(tmp_path / "p.csv"),
                                 "--gradcam", str(tmp_path / "heatmaps")])
-    assert exit_status == 1, "one file failed"
+    assert exit_status == 1, "two files were skipped"
     err = capsys.readouterr().err
     assert "skipped" in err and "broken.png" in err
+    assert f"skipped {folder / 'notes.txt'}: {predict.NOT_AN_IMAGE}" in err
     table = pd.read_csv(tmp_path / "p.csv").set_index("path")
     names = sorted(path.rsplit("/", 1)[-1] for path in table.index)
     assert names == ["gray.png", "gray.png", "large.jpg", "rgb.png", "rgba.png", "sixteen.png"]

@@ -50,9 +50,14 @@ class Guard:
         features = np.asarray(features, np.float64)
         if features.ndim != 2 or features.shape[1] != self.dimensions:
             raise ValueError(f"the guard takes pooled features of {self.dimensions} values per image, not {features.shape}")
+        finite = np.isfinite(features).all(axis=1)
+        scores = np.full(len(features), np.inf)  # features that overflowed: like no training image
         if self.method == "mahalanobis":
-            return _mahalanobis(features, self.arrays["means"], self.arrays["precision"])
-        return _knn_distance(features, self.arrays["bank"], int(self.arrays["k"]))
+            scores[finite] = _mahalanobis(features[finite] / float(self.arrays.get("scale", 1.0)), self.arrays["means"],
+                                          self.arrays["precision"])
+        else:
+            scores[finite] = _knn_distance(features[finite], self.arrays["bank"], int(self.arrays["k"]))
+        return scores
 
     def flagged(self, features) -> np.ndarray:
         return self.scores(features) > self.threshold
@@ -79,10 +84,11 @@ class Guard:
 
 def _mahalanobis(features: np.ndarray, means: np.ndarray, precision: np.ndarray) -> np.ndarray:
     """The smallest squared Mahalanobis distance to a class mean, square-rooted."""
+    precision = precision.astype(np.float64)
     best = np.full(len(features), np.inf)
     for mean in means.astype(np.float64):
         centred = features - mean
-        best = np.minimum(best, np.einsum("ij,jk,ik->i", centred, precision.astype(np.float64), centred))
+        best = np.minimum(best, ((centred @ precision) * centred).sum(axis=1))  # one matrix product per class
     return np.sqrt(np.clip(best, 0, None))
 
 
@@ -102,19 +108,26 @@ def fit(train_features, train_labels, val_features, method: str = DEFAULT_METHOD
     """A guard fitted on the training images' features (and labels), its threshold chosen on validation's."""
     if method not in METHODS:
         raise ValueError(f"unfamiliar-image method {method!r}: choose one of {', '.join(METHODS)}")
-    train_features = np.asarray(train_features, np.float64)
-    train_labels = np.asarray(train_labels)
-    if len(train_features) < 2 or len(np.asarray(val_features)) < 1:
-        raise ValueError("the unfamiliar-image guard needs at least two training images and one validation image")
+    train_features, val_features = np.asarray(train_features, np.float64), np.asarray(val_features, np.float64)
+    finite = np.isfinite(train_features).all(axis=1)  # an image whose features overflowed describes nothing
+    train_features, train_labels = train_features[finite], np.asarray(train_labels)[finite]
+    val_features = val_features[np.isfinite(val_features).all(axis=1)]
+    if len(train_features) < 2 or len(val_features) < 1:
+        raise ValueError("the unfamiliar-image guard needs at least two training images and one validation image "
+                         "with finite features")
     if method == "mahalanobis":
         from sklearn.covariance import LedoitWolf
 
+        # one scale for all features (the distance does not depend on it), so that float32 holds the precision of
+        # features however small (a random backbone's can be 1e-20) or large
+        scale = float(np.sqrt(np.mean(train_features ** 2))) or 1.0
+        scaled = train_features / scale
         classes = np.unique(train_labels)
-        means = np.stack([train_features[train_labels == c].mean(axis=0) for c in classes])
-        centred = train_features - means[np.searchsorted(classes, train_labels)]
+        means = np.stack([scaled[train_labels == c].mean(axis=0) for c in classes])
+        centred = scaled - means[np.searchsorted(classes, train_labels)]
         estimate = LedoitWolf(assume_centered=True).fit(centred)
         arrays = {"means": means.astype(np.float32), "precision": estimate.precision_.astype(np.float32),
-                  "shrinkage": np.array(estimate.shrinkage_)}
+                  "scale": np.array(scale), "shrinkage": np.array(estimate.shrinkage_)}
     else:
         bank = _normalised(train_features)
         if len(bank) > KNN_BANK:
@@ -122,6 +135,9 @@ def fit(train_features, train_labels, val_features, method: str = DEFAULT_METHOD
         arrays = {"bank": bank.astype(np.float16), "k": np.array(min(KNN_K, len(bank)))}
     guard = Guard(method, 0.0, arrays)
     guard.threshold = float(np.quantile(guard.scores(val_features), 1 - FLAGGED_ON_VALIDATION))
+    if not np.isfinite(guard.threshold):
+        raise ValueError("the unfamiliar-image guard's threshold is not finite: the features of too many validation "
+                         "images are far beyond float precision")
     return guard
 
 

@@ -143,7 +143,9 @@ def measure_duplicates(args) -> int:
 
 def measure_guard(args) -> int:
     """``--unfamiliar``: the unfamiliar-image guard's figures, added to the output file beside the others."""
-    from .unfamiliar import REAL_FILMS, measure_unfamiliar
+    from ..common.paths import README_FILE
+    from ..common.readme import replace_readme_section
+    from .unfamiliar import README_MARKERS, REAL_FILMS, measure_unfamiliar, readme_block
     from .unfamiliar import table as guard_table
 
     bench = json.loads(args.output.read_text()) if args.output.is_file() else {}
@@ -154,6 +156,9 @@ def measure_guard(args) -> int:
     bench["unfamiliar"] = {**figures, "machine": machine()}
     write_json(args.output, bench)
     print(f"written to {args.output}")
+    if args.output.resolve() == BENCH_FILE.resolve() and replace_readme_section(
+            README_FILE, readme_block(bench["unfamiliar"]), README_MARKERS):
+        print(f"updated the guard's table in {README_FILE}")
     return 0
 
 

@@ -23,6 +23,7 @@ from ..common.run_layout import METRICS_FILE, split_file_name
 from ..product.predict import decode, image_files, load_trained
 
 REAL_FILMS = PROJECT_ROOT / "tests" / "real_films"
+README_MARKERS = ("<!-- unfamiliar:start -->", "<!-- unfamiliar:end -->")  # the README's table, from bench.json
 
 
 def non_radiographs(folder: Path) -> list[Path]:
@@ -82,9 +83,13 @@ def measure_unfamiliar(run: Path | None, films_folder: Path = REAL_FILMS) -> dic
         labels = rows["label"].to_numpy() if subset == "train" else labels
     with tempfile.TemporaryDirectory() as scratch:
         others = {"real films": real_films(films_folder), "non-radiographs": non_radiographs(Path(scratch))}
-        unseen = {name: pooled(decode(paths, trained.image_size).pixels)[1] for name, paths in others.items()}
+        unseen, answered = {}, {}
+        for name, paths in others.items():
+            probabilities, unseen[name] = pooled(decode(paths, trained.image_size).pixels)
+            answered[name] = answers_without_guard(trained, paths, probabilities)
         timing = predict_time(trained, decode([root / p for p in split.loc[split["split"] == "test", "path"]],
                                               trained.image_size).pixels)
+        timing["at_224_px"] = predict_time_at_full_size()
         methods = {}
         for method in unfamiliar.METHODS:
             started = time.perf_counter()
@@ -99,8 +104,24 @@ def measure_unfamiliar(run: Path | None, films_folder: Path = REAL_FILMS) -> dic
                    for name, scores in unseen.items()}}
     return {"run": str(run), "demo": bool(metrics["dataset"].get("demo")), "train_images": len(features["train"]),
             "test_images": len(features["test"]), "dimensions": int(features["train"].shape[1]),
-            "chosen": unfamiliar.DEFAULT_METHOD, "methods": methods, "predict": timing,
+            "chosen": unfamiliar.DEFAULT_METHOD, "methods": methods, "predict": timing, "without_guard": answered,
             "unseen": {name: [p.name for p in paths] for name, paths in others.items()}}
+
+
+def answers_without_guard(trained, paths: list[Path], probabilities) -> dict:
+    """What the run would answer without its guard: how many images get a class (not ``uncertain``), the commonest
+    class and the range of the calibrated confidence of those answered."""
+    from ..product.predict import UNCERTAIN, prediction_table
+
+    rows = prediction_table(paths, probabilities, trained.class_names, trained.calibration)
+    if trained.calibration is None or not len(rows):
+        return {"images": len(rows)}
+    answered = rows[rows["answer"] != UNCERTAIN]
+    confidence = answered.filter(like="p_").max(axis=1)
+    return {"images": len(rows), "answered": len(answered),
+            "commonest": answered["answer"].value_counts().index[0] if len(answered) else None,
+            "commonest_count": int(answered["answer"].value_counts().iloc[0]) if len(answered) else 0,
+            "confidence": [float(confidence.min()), float(confidence.max())] if len(answered) else None}
 
 
 def predict_time(trained, pixels, repeats: int = 3) -> dict:
@@ -116,6 +137,21 @@ def predict_time(trained, pixels, repeats: int = 3) -> dict:
     with_guard = best(lambda: trained.outputs(pixels))
     return {"images": len(pixels), "without_guard_ms": 1e3 * without, "with_guard_ms": 1e3 * with_guard,
             "ratio": with_guard / without}
+
+
+def predict_time_at_full_size(image_size: int = 224, images: int = 64) -> dict:
+    """``predict_time`` for the study's model at the study's image size (untrained weights, a guard fitted on its
+    features of generated pictures): what the guard adds where the backbone's pass costs most."""
+    from ..model.architecture import build_model
+    from ..model.pooled import PooledOutputs
+    from ..product.predict import TrainedModel
+
+    model = build_model(4, image_size=image_size, hidden_layers=1, dense_units=8, dropout=0.5, weights=None,
+                        train_base=False, seed=0)
+    pixels = np.random.default_rng(0).integers(0, 256, (images, image_size, image_size, 3), dtype=np.uint8)
+    features = PooledOutputs(model)(pixels)[1]
+    guard = unfamiliar.fit(features, np.arange(images) % 4, features)
+    return predict_time(TrainedModel(model, ["a", "b", "c", "d"], image_size, "untrained", guard=guard), pixels)
 
 
 def _timed(call) -> float:
@@ -139,4 +175,37 @@ def table(figures: dict) -> str:
     timing = figures["predict"]
     lines.append(f"predict, per image: {timing['without_guard_ms']:.2f} ms without the guard, "
                  f"{timing['with_guard_ms']:.2f} ms with it (x{timing['ratio']:.2f}), {timing['images']} images")
+    return "\n".join(lines)
+
+
+def readme_block(figures: dict) -> str:
+    """The README's table of the guard's two scores, from bench.json's ``unfamiliar`` (``--unfamiliar`` writes it)."""
+    unseen = figures["unseen"]
+    run = Path(figures["run"])
+    lines = [f"Measured by `python -m covid_mobilenet.benchmark --unfamiliar` on {'the demo' if figures['demo'] else 'a real'} "
+             f"run `{run.parent.name}/{run.name}` ({figures['train_images']} training and {figures['test_images']} test "
+             f"images{', synthetic: a measurement of the guard, not a result on chest X-rays' if figures['demo'] else ''}), "
+             f"against {len(unseen['real films'])} real films and {len(unseen['non-radiographs'])} non-radiographs "
+             f"({', '.join(p.rsplit('.', 1)[0] for p in unseen['non-radiographs'])}), on {figures['machine']['device']}.", "",
+             "| Score | Test images flagged | Real films flagged | AUROC test vs real films | Non-radiographs flagged | "
+             "AUROC test vs non-radiographs | Fitting | File |", "| :-- | --: | --: | --: | --: | --: | --: | --: |"]
+    for method, m in figures["methods"].items():
+        real, others = m["real films"], m["non-radiographs"]
+        lines.append(f"| {method}{' (chosen)' if method == figures['chosen'] else ''} | {100 * m['test_flagged']:.1f}% | "
+                     f"{100 * real['flagged']:.0f}% | {real['auroc_vs_test']:.3f} | {100 * others['flagged']:.0f}% | "
+                     f"{others['auroc_vs_test']:.3f} | {m['fit_seconds']:.2f} s | {m['file_bytes'] / 1e6:.2f} MB |")
+    said = figures.get("without_guard", {}).get("real films", {})
+    if said.get("answered"):
+        lines += ["", f"Without the guard, this run would answer {said['answered']} of the {said['images']} real films with a "
+                  f"class ({said['commonest_count']} of them {said['commonest']}), at a calibrated confidence of "
+                  f"{said['confidence'][0]:.2f} to {said['confidence'][1]:.4f}: confidently wrong, as calibration cannot see."]
+    timing = figures["predict"]
+    lines += ["", f"`predict`'s model pass per image, on the same {timing['images']} test images: "
+              f"{timing['without_guard_ms']:.2f} ms without the guard (the model's softmax alone), "
+              f"{timing['with_guard_ms']:.2f} ms with it (one pass for the probabilities and the pooled features, then the "
+              f"score): x{timing['ratio']:.2f}."
+              + ("" if "at_224_px" not in timing else
+                 f" At 224 px (the study's model, untrained, {timing['at_224_px']['images']} generated images): "
+                 f"{timing['at_224_px']['without_guard_ms']:.1f} against {timing['at_224_px']['with_guard_ms']:.1f} ms, "
+                 f"x{timing['at_224_px']['ratio']:.2f}.")]
     return "\n".join(lines)

@@ -61,7 +61,8 @@ def model_card(metrics: dict, export: dict | None) -> str:
         f"{params['hidden_layers']} x (Dense({params['dense_units']}, relu), Dropout({params['dropout']})), then a "
         f"softmax over {len(dataset['class_names'])} classes; {metrics['model']['parameters']:,} parameters.",
         f"- Input: raw pixels, {params['image_size']}x{params['image_size']}x3, values 0..255 (the scaling to [-1, 1] is "
-        "inside the model); images are decoded and resized as `covid_mobilenet.data.pipeline.load_image` does.",
+        "inside the model); images are decoded and resized as `covid_mobilenet.data.pipeline.load_image` does, DICOM "
+        "films rendered to 8-bit grayscale first (`covid_mobilenet.data.dicom`).",
         f"- Output: one probability per class, in this order: {', '.join(dataset['class_names'])}.",
         f"- Training: backbone weights `{params['weights']}`, "
         f"{'fine-tuned' if params['train_base'] else 'frozen'}; Adam, learning rate {params['learning_rate']:g}, "
@@ -162,7 +163,8 @@ def unfamiliar_lines(metrics: dict) -> list[str]:
              f"- Test images flagged: {flagged['images']} of {flagged['of']} ({_percent(flagged['share'])}"
              f"{_interval(interval)}).",
              "- An image above the threshold is answered `unfamiliar` by `predict` and the web app, never with a class, "
-             "whatever its confidence."]
+             "whatever its confidence. The LiteRT exports hold the model alone: whoever ships one ships the guard "
+             "(`unfamiliar.npz`, `analysis/unfamiliar.py`) with it, or answers every image."]
     shifted = guard.get("shifted")
     if shifted:
         lines.append(f"- {shifted['name']} ({shifted['images']} images, never trained on): AUROC {shifted['auroc']:.3f} "

@@ -118,7 +118,17 @@ def load_trained(run: Path | None = None, model_file: Path | None = None) -> Tra
     if (model_file.parent / GUARD_FILE).is_file():
         from ..analysis.unfamiliar import Guard
 
+        from ..model.gradcam import GradCamError, find_backbone
+
         guard = Guard.load(model_file.parent / GUARD_FILE)
+        try:
+            features = int(find_backbone(model).output.shape[-1])
+        except GradCamError:
+            features = None
+        if features != guard.dimensions:
+            raise PredictError(f"{model_file.parent / GUARD_FILE} scores {guard.dimensions} features per image, and "
+                               f"{model_file.name} gives {features}: the guard belongs to another model. Rerun the run, "
+                               f"or delete {GUARD_FILE} to predict without it.")
     return TrainedModel(model, class_names, int(model.input_shape[1]), str(run or model_file), calibration, region, guard)
 
 
@@ -278,6 +288,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {args.csv}", file=sys.stderr)
     for path, why in failed:
         print(f"skipped {path}: {why}", file=sys.stderr)
-    print(f"{len(table)} image(s) predicted with {trained.source}; {len(failed)} failed", file=sys.stderr)
+    print(f"{len(table)} image(s) predicted with {trained.source}; {len(failed)} skipped", file=sys.stderr)
     return 1 if failed else 0
 
