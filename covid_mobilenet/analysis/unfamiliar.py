@@ -30,9 +30,9 @@ DEFAULT_METHOD = "mahalanobis"  # chosen by measurement: README, "Unfamiliar ima
 FLAGGED_ON_VALIDATION = 0.05
 KNN_K = 10
 KNN_BANK = 5000  # training features kept for knn (a random sample beyond that)
-SEES = ("images unlike every training image in what the backbone sees: another kind of picture (a photo, a CT "
-        "slice, text, a blank image), another kind of film (a child's, a lateral view) and films whose look differs "
-        "from the training films as much")
+SEES = ("images far from every training image in what the backbone sees: another kind of picture (a photo, a CT "
+        "slice, text, a blank image: every one tried was flagged on the demo's best run, README) and films much "
+        "unlike the training films (which ones, only a measurement on them tells: `benchmark --unfamiliar`)")
 BLIND = ("a film from a new hospital or scanner that looks like the training films passes it, and so does a "
          "disease the model was never shown: a familiar-looking image is no promise that the answer is right")
 

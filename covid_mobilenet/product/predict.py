@@ -39,8 +39,8 @@ from ..analysis.results import RunNotFound, best_run  # noqa: E402
 from ..common.paths import PROJECT_ROOT  # noqa: E402
 from ..common.run_layout import GUARD_FILE, METRICS_FILE, MODEL_FILE  # noqa: E402
 from ..data.dicom import Film  # noqa: E402
-from .inputs import NOT_AN_IMAGE, Decoded, decode, image_files, input_kind, output_names  # noqa: E402,F401 (predict's API)
 from ..data.layout import STUDY_CLASSES  # noqa: E402
+from .inputs import NOT_AN_IMAGE, Decoded, decode, image_files, input_kind, output_names  # noqa: E402,F401 (predict's API)
 
 DEFAULT_RESULTS = PROJECT_ROOT / "results"
 
@@ -114,22 +114,28 @@ def load_trained(run: Path | None = None, model_file: Path | None = None) -> Tra
         class_names = list(STUDY_CLASSES)  # the data set's folders, in the order the loader sorts them
     else:
         class_names = [f"class_{i}" for i in range(outputs)]
-    guard = None
-    if (model_file.parent / GUARD_FILE).is_file():
-        from ..analysis.unfamiliar import Guard
-
-        from ..model.gradcam import GradCamError, find_backbone
-
-        guard = Guard.load(model_file.parent / GUARD_FILE)
-        try:
-            features = int(find_backbone(model).output.shape[-1])
-        except GradCamError:
-            features = None
-        if features != guard.dimensions:
-            raise PredictError(f"{model_file.parent / GUARD_FILE} scores {guard.dimensions} features per image, and "
-                               f"{model_file.name} gives {features}: the guard belongs to another model. Rerun the run, "
-                               f"or delete {GUARD_FILE} to predict without it.")
+    guard = saved_guard(model, model_file.parent / GUARD_FILE)
     return TrainedModel(model, class_names, int(model.input_shape[1]), str(run or model_file), calibration, region, guard)
+
+
+def saved_guard(model, path: Path):
+    """The unfamiliar-image guard saved beside a model (``analysis.unfamiliar.Guard``), or None when there is none;
+    ``PredictError`` when it scores another number of features than the model's backbone gives (another model's)."""
+    if not path.is_file():
+        return None
+    from ..analysis.unfamiliar import Guard
+    from ..model.gradcam import GradCamError, find_backbone
+
+    guard = Guard.load(path)
+    try:
+        features = int(find_backbone(model).output.shape[-1])
+    except GradCamError:
+        features = None
+    if features != guard.dimensions:
+        raise PredictError(f"{path} scores {guard.dimensions} features per image, and the model beside it gives "
+                           f"{features}: the guard belongs to another model. Rerun the run, or delete {path.name} to "
+                           "predict without it.")
+    return guard
 
 
 def class_probabilities(trained: TrainedModel, pixels, batch_size: int = 32):
