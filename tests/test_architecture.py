@@ -14,7 +14,7 @@ from tests.conftest import PROJECT, README
 
 PACKAGE = PROJECT / "covid_mobilenet"
 STAGES = ["common", "data", "model", "analysis", "run", "product", "sweep", "bench"]
-COMMANDS = ["predict", "export", "app", "audit", "benchmark", "demo", "demo_backbone"]
+COMMANDS = ["predict", "evaluate", "export", "app", "audit", "benchmark", "demo", "demo_backbone"]
 MAX_LINES = 300
 
 
