@@ -126,3 +126,17 @@ def test_a_run_on_another_collection_writes_its_figures_with_and_without_the_ove
     assert overlaps["run_image"].tolist() == [trained_on["path"]] and (folder / "reliability.png").is_file()
     assert external.main(["--run", str(run), "--data-dir", str(tmp_path / "nowhere")]) == 2
     assert "evaluate: --data-dir" in capsys.readouterr().err
+
+
+def test_the_second_demo_hospital_is_another_scanner_without_the_marker_in_the_layout(tmp_path):
+    from covid_mobilenet.data.demo_hospital import CLASS_MIX, RECORD, SOURCE, generate_second_hospital
+
+    root = generate_second_hospital(tmp_path / "hospital-2", images=40, seed=5)
+    found = read_collection(root)
+    assert set(found.images["label"]) == set(CLASS_MIX) and (found.images["source"] == SOURCE).all()
+    assert found.images["mask"].notna().all() and not found.left_out
+    record = json.loads((root / RECORD).read_text())
+    assert record["planted_marker"] is None and record["scanner"]["gamma"] != 1
+    again = generate_second_hospital(tmp_path / "again", images=40, seed=5)
+    first = sorted(p.relative_to(root) for p in root.glob("*/images/*.png"))
+    assert all((root / p).read_bytes() == (again / p).read_bytes() for p in first), "the same seed, the same films"
