@@ -28,6 +28,9 @@ EXAMPLES = """examples:
   python run_all.py --demo --export             then the best run as LiteRT float32/float16/int8, measured, with a model card
   python run_all.py --demo --holdout-sources    the baseline trained without each (class, source) in turn, tested on it:
                                                 what does the model lose on a collection it never saw?
+  python run_all.py --external path/to/hospital_b=hospital-b
+                                                then every finished run evaluated on another collection, and the
+                                                summary's internal-vs-external table (--demo --external: a generated one)
   python run_all.py --backend slurm --partition gpu --time 90 --setup "module load cuda"
                                                 the pending runs as one Slurm job array (see "Running on a cluster")
   python run_all.py --backend slurm --dry-run   the batch script that would be submitted, and the runs in it
@@ -71,6 +74,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--export", action="store_true",
                         help="after the sweep, export the best finished run (highest test accuracy) to LiteRT float32, "
                              "float16 and int8, measured on its test split, with its model card (python -m covid_mobilenet.export)")
+    parser.add_argument("--external", action="append", nargs="?", const="", metavar="DIR[=NAME]",
+                        help="after the sweep, evaluate every finished run on another collection (one folder per class, "
+                             "as the data set's; python -m covid_mobilenet.evaluate), checked before anything trains; "
+                             "repeatable. With --demo and no folder: a generated second hospital")
     parser.add_argument("--epochs", type=int, help="epochs for every experiment (default: the notebook's, or the demo's)")
     parser.add_argument("--image-size", type=int, help="image side in pixels for every experiment")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -186,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     from covid_mobilenet.data.layout import DatasetError
     from covid_mobilenet.model.weights import WeightsError
     from covid_mobilenet.run.params import ParameterError, notebook_defaults
-    from covid_mobilenet.sweep import plan, preflight
+    from covid_mobilenet.sweep import external, plan, preflight
     from covid_mobilenet.sweep.outcomes import Outcome, metrics_accuracy
     from covid_mobilenet.sweep.slurm import still_queued
 
@@ -207,6 +214,9 @@ def main(argv: list[str] | None = None) -> int:
                     f"{u['class']}: {u['reason']}" for u in holdout_plan["untestable"]))
         else:
             jobs = plan.plan(config, plan.select(config, args.only), mode, cli_overrides(args), seeds)
+        externals = external.parse_external(args.external, mode)
+        if not args.dry_run:
+            external.check_external(externals, mode)  # before anything trains
         if not (args.dry_run or args.summary_only):
             if mode.demo:
                 preflight.prepare_demo_data(mode, config)
@@ -216,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
                                            + "; ".join(f"{u['class']} {u['sources']}: {u['reason']}" for u in holdout_plan["untestable"]))
             if mode.demo:
                 preflight.prepare_demo_backbone(mode, jobs)
-    except (ParameterError, ConfigError, DatasetError, WeightsError, preflight.SweepError) as exc:
+    except (ParameterError, ConfigError, DatasetError, WeightsError, preflight.SweepError) as exc:  # ExternalError too
         print(f"run_all.py: {exc}", file=sys.stderr)
         return 2
 
@@ -253,14 +263,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"run_all.py: --summary-only: no run has finished in {results_dir} yet; run the sweep first "
                   f"(the same command without --summary-only), or wait for its Slurm tasks.", file=sys.stderr)
             return 1
-        return finish(args, mode, config_file, seeds, jobs, outcomes, started, partial_ok=False)
+        return finish(args, mode, config_file, seeds, jobs, outcomes, started, externals, partial_ok=False)
     if args.backend == "slurm":
         ran = run_in_slurm(args, to_run, results_dir, mode, argv)
     else:
         ran = run_locally(args, to_run, len(jobs), len(outcomes))
     if isinstance(ran, int):  # interrupted, or submitted without waiting
         return ran
-    return finish(args, mode, config_file, seeds, jobs, outcomes + ran, started)
+    return finish(args, mode, config_file, seeds, jobs, outcomes + ran, started, externals)
 
 
 def progress_bar(total: int, done: int):
@@ -338,24 +348,27 @@ def dry_run(args, to_run, results_dir, mode) -> int:
     return 0
 
 
-def finish(args, mode, config_file, seeds, jobs, outcomes, started, partial_ok=True) -> int:
-    """The summary over what has finished, the closing table, the export; 1 when anything failed."""
+def finish(args, mode, config_file, seeds, jobs, outcomes, started, externals=(), partial_ok=True) -> int:
+    """The evaluations on other collections, the summary over what has finished, the closing table, the export; 1
+    when anything failed."""
     from covid_mobilenet.common.paths import resolve_path
+    from covid_mobilenet.sweep.external import evaluate_external
     from covid_mobilenet.sweep.notebooks import audit_data, export_best, run_summary
     from covid_mobilenet.sweep.outcomes import closing_table
 
     order = {job.name: i for i, job in enumerate(jobs)}
     outcomes.sort(key=lambda outcome: order[outcome.name])
     audited = audit_data(mode, jobs)  # the data set's audit, from a finished run, before the summary reads it
+    evaluated = evaluate_external(list(externals), [job.run_dir for job in jobs])  # before the summary reads them
     summary = run_summary(mode, config_file, args.kernel, seeds)
     print()
-    print(closing_table(outcomes + [audited, summary]))
+    print(closing_table(outcomes + [audited, *evaluated, summary]))
     print(f"\ntotal {time.perf_counter() - started:.0f} s; summary: {resolve_path(mode.results_dir) / 'summary.md'}")
     exported = []
     if args.export:
         exported = [export_best(mode)]
         print(f"\nexport {exported[0].status} in {exported[0].seconds:.0f} s: {exported[0].detail}")
-    failed = [outcome for outcome in outcomes + [audited, summary] + exported if outcome.status == "failed"]
+    failed = [outcome for outcome in outcomes + [audited, *evaluated, summary] + exported if outcome.status == "failed"]
     if failed:
         print(f"\n{len(failed)} failed; the executed notebooks show where:", file=sys.stderr)
         for outcome in failed:

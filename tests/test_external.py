@@ -124,8 +124,39 @@ def test_a_run_on_another_collection_writes_its_figures_with_and_without_the_ove
     assert rows.loc[rows["path"].str.endswith("rg1.dcm"), "view"].tolist() == ["PA"]
     overlaps = pd.read_csv(folder / "overlap.csv")
     assert overlaps["run_image"].tolist() == [trained_on["path"]] and (folder / "reliability.png").is_file()
+    # The shortcut checks on the images with a lung mask (the generated ones; not the copy, the DICOM film or the
+    # unknown class): each region's accuracy beside the majority rate, each image's answer per region.
+    shortcuts = every["shortcuts"]
+    assert shortcuts["images_with_mask"] == 60 and set(shortcuts["regions"]) == {"full", "no_lungs", "lungs_blurred",
+                                                                                 "lungs"}
+    assert all(r["images"] == 60 and 0 <= r["accuracy"] <= 1 for r in shortcuts["regions"].values())
+    assert rows["predicted_no_lungs"].notna().sum() == 60
+    assert shortcuts["regions"]["full"]["correct"] == (rows.dropna(subset=["predicted_no_lungs"]).eval("true == predicted")).sum()
     assert external.main(["--run", str(run), "--data-dir", str(tmp_path / "nowhere")]) == 2
     assert "evaluate: --data-dir" in capsys.readouterr().err
+
+    # run_all.py --external: nothing changed, nothing recomputed; a changed image or model makes it stale.
+    from covid_mobilenet.analysis.external_summary import external_table
+    from covid_mobilenet.analysis.results import read_result
+    from covid_mobilenet.common.run_layout import evaluation_is_current
+    from covid_mobilenet.data.external import collection_sha256
+    from covid_mobilenet.sweep.external import ExternalSet, evaluate_external
+
+    digest = collection_sha256(read_collection(other))
+    assert record["collection_sha256"] == digest and evaluation_is_current(run, "hospital-2", digest)
+    again = evaluate_external([ExternalSet("hospital-2", other)], [run, tmp_path / "not-a-run"])
+    assert [(o.status, o.detail) for o in again] == [("skipped", "1 run(s) already evaluated on this collection")]
+    with open(other / "COVID" / "images" / "copied.png", "ab") as changed:
+        changed.write(b"\0")
+    assert not evaluation_is_current(run, "hospital-2", collection_sha256(read_collection(other)))
+    record_file = folder / "metrics.json"
+    record_file.write_text(json.dumps({**record, "collection_sha256": collection_sha256(read_collection(other)),
+                                       "model_sha256": "0" * 64}))  # as a model trained again would leave it
+    assert not evaluation_is_current(run, "hospital-2", collection_sha256(read_collection(other)))
+    # The summary reads what evaluate wrote: internal and external side by side.
+    row = external_table({"mn_resultset3": [read_result(run)]}, "hospital-2").iloc[0]
+    assert row["External accuracy"] == every["accuracy"] and row["Internal accuracy"] == metrics["test"]["accuracy"]
+    assert row["No lungs external accuracy"] == shortcuts["regions"]["no_lungs"]["accuracy"]
 
 
 def test_the_second_demo_hospital_is_another_scanner_without_the_marker_in_the_layout(tmp_path):
@@ -140,3 +171,131 @@ def test_the_second_demo_hospital_is_another_scanner_without_the_marker_in_the_l
     again = generate_second_hospital(tmp_path / "again", images=40, seed=5)
     first = sorted(p.relative_to(root) for p in root.glob("*/images/*.png"))
     assert all((root / p).read_bytes() == (again / p).read_bytes() for p in first), "the same seed, the same films"
+
+
+def evaluated(run: Path, name: str, correct, *, overlapping: int = 0, demo: bool = True) -> dict:
+    """``<run>/external/<name>/`` as ``evaluate`` writes it, its figures computed by the product's own ``figures``
+    from external predictions where image i is right when ``correct[i]`` (the classes in turn, 10% flagged)."""
+    from types import SimpleNamespace
+
+    from covid_mobilenet.analysis.calibration import temperature_scale
+    from covid_mobilenet.product.external import figures
+
+    from .conftest import CLASSES
+
+    metrics = json.loads((run / "metrics.json").read_text())
+    correct = np.asarray(correct)
+    truth = [CLASSES[i % 4] for i in range(len(correct))]
+    guess = [t if ok else CLASSES[(CLASSES.index(t) + 1) % 4] for t, ok in zip(truth, correct)]
+    raw = np.array([[0.7 if g == c else 0.1 for c in CLASSES] for g in guess])
+    rows = pd.DataFrame({"path": [f"/h2/{t}/images/{t}-{i}.png" for i, t in enumerate(truth)], "true": truth,
+                         "predicted": guess, "source": "h2", "unfamiliar": ["yes" if i % 10 == 0 else "no"
+                                                                            for i in range(len(truth))]})
+    calibrated = temperature_scale(raw, metrics["calibration"]["temperature"])
+    every = figures(rows, raw, calibrated, CLASSES, SimpleNamespace(calibration=metrics["calibration"]))
+    clean = figures(rows[overlapping:], raw[overlapping:], calibrated[overlapping:], CLASSES,
+                    SimpleNamespace(calibration=metrics["calibration"])) if overlapping else "no image overlaps"
+    record = {"name": name, "run": str(run), "collection": "/h2", "images": len(rows), "read": len(rows),
+              "unknown_classes": {}, "overlap": {"pairs": overlapping, "external_images": overlapping, "by_split": {}},
+              "all": every, "without_overlap": clean}
+    folder = run / "external" / name
+    folder.mkdir(parents=True)
+    rows.to_csv(folder / "predictions.csv", index=False)
+    (folder / "metrics.json").write_text(json.dumps(record))
+    return record
+
+
+def test_the_summary_sets_each_run_outside_its_split_beside_inside_and_judges_the_claims_again(tmp_path):
+    from statsmodels.stats.proportion import confint_proportions_2indep
+
+    from covid_mobilenet.analysis import summary
+    from covid_mobilenet.common.config import load_config
+
+    from .conftest import write_finished_run
+
+    results, config = tmp_path / "results", load_config()
+    inside = np.arange(40) % 5 != 0  # 32 of 40 right on the internal test split, for both
+    base = write_finished_run(results, "mn_resultset1", correct=inside, demo=False)
+    wider = write_finished_run(results, "mn_resultset2", correct=inside, demo=False, dense_units=16)
+    evaluated(base, "h2", np.arange(200) % 10 != 0, overlapping=3)  # 180 of 200 right outside
+    evaluated(wider, "h2", np.arange(200) % 2 == 0)  # 100 of 200: worse outside, on the same images
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- results:start -->\n<!-- results:end -->\n<!-- external:start -->\nold\n<!-- external:end -->\n")
+    paths = summary.write_summary(results, tmp_path / "Graph", config=config, demo=False, update_readme=True, readme=readme)
+
+    table = pd.read_csv(paths["external_h2"]).set_index("Model")
+    low, high = confint_proportions_2indep(100, 200, 32, 40, method="newcomb", compare="diff")
+    row = table.loc["mn_resultset2"]
+    assert (row["Internal accuracy"], row["External accuracy"], row["External images"]) == (0.8, 0.5, 200)
+    assert np.isclose(row["Difference"], -0.3) and np.isclose(row["Difference low"], low) and \
+        np.isclose(row["Difference high"], high)
+    assert table.loc["mn_resultset1", "Overlap images"] == 3
+    assert np.isclose(table.loc["mn_resultset1", "External accuracy without overlap"], 178 / 197)  # image 0 was wrong
+    assert table.loc["mn_resultset1", "Unfamiliar external"] == 0.1 and table.loc["mn_resultset1", "ECE external"] >= 0
+    assert paths["external_h2_graph"].is_file()
+    text = readme.read_text()
+    section = text.split("<!-- external:start -->")[1]
+    assert "old" not in section and "On another collection: `h2`" in section
+    assert "| **mn_resultset1** | 42 | 80.00% [" in section and "| -30.0 [" in section
+    # Internally the two tie; outside, mn_resultset2 is worse on the same 200 images: the claim that it is better is
+    # contradicted there (McNemar on the external predictions, Holm), and the internal verdict stays "not shown".
+    claims = section.split("The study's claims, judged by paired comparisons with mn_resultset1 on the same images "
+                           "of `h2`:")[1]
+    assert "A larger dense layer (16 units) is better than 8.* **Contradicted**: mn_resultset2 minus mn_resultset1: " \
+           "-40.0 points" in claims
+    assert "On another collection" not in text.split("<!-- external:start -->")[0], "once, in its own section"
+    within, outside = paths["markdown"].read_text().split("## Outside the split: other collections")
+    assert "A larger dense layer (16 units) is better than 8.* **Not shown (the runs cannot tell)**" in within
+    assert "](../Graph/external-h2.png)" in outside, "summary.md links the figure from results/"
+
+    # Demo evaluations never fill the README's section.
+    demo_results = tmp_path / "demo"
+    evaluated(write_finished_run(demo_results, "mn_resultset1", correct=inside), "h2", np.arange(40) % 2 == 0)
+    readme.write_text("<!-- results:start -->\n<!-- results:end -->\n<!-- external:start -->\nold\n<!-- external:end -->\n")
+    summary.write_summary(demo_results, tmp_path / "Graph", config=config, demo=False, update_readme=True, readme=readme)
+    assert "No run has been evaluated on another collection of real films" in readme.read_text()
+
+
+def test_run_all_reads_external_as_dir_or_dir_equals_name_and_refuses_a_bad_one_before_training(tmp_path, tiny_root):
+    from covid_mobilenet.common.config import load_config
+    from covid_mobilenet.sweep import plan
+    from covid_mobilenet.sweep.external import DEMO_COLLECTION, ExternalSet, demo_collection_dir, parse_external
+
+    from .conftest import folders, run_all_here
+
+    config = load_config()
+    real, demo = (plan.make_mode(config, demo=d, data_dir=str(tmp_path / "data" / "set")) for d in (False, True))
+    assert parse_external([str(tmp_path / "b"), f"{tmp_path / 'c'}=clinic-c", f"{tmp_path / 'd=e'}=de"], real) == [
+        ExternalSet("b", tmp_path / "b"), ExternalSet("clinic-c", tmp_path / "c"), ExternalSet("de", tmp_path / "d=e")]
+    assert parse_external([""], demo) == [ExternalSet(DEMO_COLLECTION, demo_collection_dir(demo))]
+    assert demo_collection_dir(demo) == tmp_path / "data" / DEMO_COLLECTION
+    with pytest.raises(ExternalError, match="--external without a folder is the demo's"):
+        parse_external([""], real)
+    with pytest.raises(ExternalError, match=r"the name\(s\) \['x'\] are given to more than one"):
+        parse_external([f"{tmp_path}/a=x", f"{tmp_path}/b=x"], real)
+    with pytest.raises(ExternalError, match="--name 'bad name'"):
+        parse_external([f"{tmp_path}/a=bad name"], real)
+
+    done = run_all_here("--demo", *folders(tmp_path, tiny_root), "--external", str(tmp_path / "nowhere"))
+    assert done.returncode == 2 and "--data-dir" in done.stderr and "nowhere: no such folder" in done.stderr
+    assert not (tmp_path / "results").exists(), "refused before anything trained or was written"
+
+
+@pytest.mark.slow
+def test_the_demo_sweep_with_external_evaluates_each_run_once_on_a_generated_hospital(own_sweep, tiny_root):
+    from .conftest import ONLY_SWEPT, SWEPT, TINY, folders, run_all
+
+    first = run_all("--demo", *folders(own_sweep, tiny_root), *TINY, *ONLY_SWEPT, "--summary-only", "--external")
+    assert first.returncode == 0, first.stdout + first.stderr
+    hospital = tiny_root.parent / "hospital-2"
+    assert "Generating the demo's second hospital" in first.stdout and (hospital / "hospital.json").is_file()
+    assert f"{len(SWEPT)} run(s) evaluated, 0 already were" in first.stdout
+    for name in SWEPT:
+        record = json.loads((own_sweep / "results" / name / "seed-42" / "external" / "hospital-2" / "metrics.json").read_text())
+        assert record["images"] == 200 and record["all"]["shortcuts"]["images_with_mask"] == 200
+    table = pd.read_csv(own_sweep / "results" / "external-hospital-2.csv")
+    assert table["Model"].tolist() == SWEPT and table["Difference low"].le(table["Difference"]).all()
+    summary_text = (own_sweep / "results" / "summary.md").read_text()
+    assert "## Outside the split: other collections" in summary_text and "On another collection: `hospital-2`" in summary_text
+    again = run_all("--demo", *folders(own_sweep, tiny_root), *TINY, *ONLY_SWEPT, "--summary-only", "--external")
+    assert again.returncode == 0 and f"{len(SWEPT)} run(s) already evaluated on this collection" in again.stdout

@@ -15,6 +15,7 @@ with two seeds a t-interval has one degree of freedom and is wider than that.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -66,23 +67,31 @@ def accuracy_summary(runs: list) -> dict:
     return {"seeds": 0, "mean": float("nan"), "sd": float("nan"), "low": float("nan"), "high": float("nan"), "method": ""}
 
 
-def test_correctness(run) -> pd.Series:
-    """Whether each test image was classified correctly by ``run``, indexed by its path in the split table."""
+def test_correctness(run) -> pd.Series | None:
+    """Whether each test image was classified correctly by ``run``, indexed by its path in the split table; None
+    without its predictions.csv."""
+    if not (run.folder / PREDICTIONS_FILE).is_file():
+        return None
     table = pd.read_csv(run.folder / PREDICTIONS_FILE)
     test = table[table["split"] == "test"]
     return pd.Series((test["true"] == test["predicted"]).to_numpy(), index=test["path"].to_numpy())
 
 
-def compare(name: str, runs: list, baseline: str, baseline_runs: list) -> Comparison:
-    """``name``'s runs against the baseline's, on the seeds both finished with their predictions."""
-    ours = {run.seed: run for run in runs if run.status == "done" and (run.folder / PREDICTIONS_FILE).is_file()}
-    theirs = {run.seed: run for run in baseline_runs if run.status == "done" and (run.folder / PREDICTIONS_FILE).is_file()}
+def compare(name: str, runs: list, baseline: str, baseline_runs: list,
+            correctness: Callable = test_correctness) -> Comparison:
+    """``name``'s runs against the baseline's, on the seeds both finished with their predictions (``correctness``:
+    a run's per-image right or wrong, None when it has none; by default on its test split)."""
+    def answered(some: list) -> dict:
+        found = {run.seed: correctness(run) for run in some if run.status == "done"}
+        return {seed: right for seed, right in found.items() if right is not None}
+
+    ours, theirs = answered(runs), answered(baseline_runs)
     seeds = sorted(set(ours) & set(theirs))
     if not seeds:
-        return Comparison(name, baseline, [], problem="no seed finished by both with its predictions.csv")
+        return Comparison(name, baseline, [], problem="no seed finished by both with its predictions")
     first, second = [], []
     for seed in seeds:
-        base, other = test_correctness(theirs[seed]), test_correctness(ours[seed])
+        base, other = theirs[seed], ours[seed]
         if set(base.index) != set(other.index):
             return Comparison(name, baseline, seeds, problem=f"seed {seed}: the two runs were tested on different images "
                                                               "(another split); they cannot be compared image by image")
@@ -93,11 +102,13 @@ def compare(name: str, runs: list, baseline: str, baseline_runs: list) -> Compar
                       min(paired["interval"]["high"], 1.0), paired["p_value"], mcnemar=paired["mcnemar"])
 
 
-def compare_with_baseline(collected: dict[str, list], baseline: str) -> dict[str, Comparison]:
+def compare_with_baseline(collected: dict[str, list], baseline: str,
+                          correctness: Callable = test_correctness) -> dict[str, Comparison]:
     """Every configuration but the baseline against it, with Holm's correction across those compared."""
     if baseline not in collected:
         return {}
-    comparisons = {name: compare(name, runs, baseline, collected[baseline]) for name, runs in collected.items() if name != baseline}
+    comparisons = {name: compare(name, runs, baseline, collected[baseline], correctness)
+                   for name, runs in collected.items() if name != baseline}
     tested = [c for c in comparisons.values() if c.p_value is not None]
     significant, adjusted = uncertainty.holm([c.p_value for c in tested])
     for comparison, is_significant, p_value in zip(tested, significant, adjusted):

@@ -15,7 +15,7 @@ from ..common.files import save_figure, write_atomic, write_csv
 from ..common.paths import README_FILE
 from ..common.readme import replace_readme_section
 from ..common.run_layout import seed_folder
-from . import audit_summary, comparison, shortcut_summary
+from . import audit_summary, comparison, external_summary, shortcut_summary
 from .claim import claim_checklist, claim_markdown
 from .calibration_report import calibration_markdown, source_lines
 from .figures import comparison_figure
@@ -116,7 +116,10 @@ def write_summary(
     audit, holdout, audit_paths = audit_part(results_dir, graph_dir, collected, baseline, demo, title, read_result)
     paths.update(audit_paths)
     body += audit
-    paths["markdown"] = write_atomic(results_dir / SUMMARY_MD, "\n".join(header + body) + "\n")
+    external, external_readme, external_paths = external_summary.write_external(
+        results_dir, graph_dir, collected, config, baseline, title, readme)
+    paths.update(external_paths)
+    paths["markdown"] = write_atomic(results_dir / SUMMARY_MD, "\n".join(header + body + external) + "\n")
     if update_readme:
         graph_link = os.path.relpath(paths["graph"], Path(readme).parent)
         markers = (FAST_RESULTS_START, FAST_RESULTS_END) if fast else (RESULTS_START, RESULTS_END)
@@ -127,6 +130,9 @@ def write_summary(
         if not fast and audit_summary.HOLDOUT_START in Path(readme).read_text():
             changed |= replace_readme_section(readme, holdout_section(holdout, paths.get("holdout_graph"), readme),
                                               (audit_summary.HOLDOUT_START, audit_summary.HOLDOUT_END))
+        if not fast and external_summary.EXTERNAL_START in Path(readme).read_text():
+            changed |= replace_readme_section(readme, external_summary.external_section(external_readme),
+                                              (external_summary.EXTERNAL_START, external_summary.EXTERNAL_END))
         if changed:
             paths["readme"] = Path(readme)
     return paths

@@ -189,17 +189,19 @@ VERDICT_WORDS = {"supported": "supported", "contradicted": "contradicted", "not 
                  "not tested": "not tested (a configuration it rests on has no comparable runs)"}
 
 
-def claim_lines(verdicts: list[dict], table: pd.DataFrame, baseline: str) -> list[str]:
-    """One line per claim of the study: our verdict and the comparisons it rests on."""
+def claim_lines(verdicts: list[dict], table: pd.DataFrame | None, baseline: str,
+                on: str = "the same test images") -> list[str]:
+    """One line per claim of the study: our verdict and the comparisons it rests on (with ``table``, the study's
+    reported accuracies beside them)."""
     if not verdicts:
         return []
-    study = dict(zip(table["Model"], table["Study test accuracy"]))
-    lines = [f"The study's claims, judged by paired comparisons with {baseline} on the same test images:", ""]
+    study = {} if table is None else dict(zip(table["Model"], table["Study test accuracy"]))
+    lines = [f"The study's claims, judged by paired comparisons with {baseline} on {on}:", ""]
     for verdict in verdicts:
         evidence = "; ".join(
             f"{c.name} minus {baseline}: {100 * c.difference:+.1f} points [{100 * c.low:+.1f}, {100 * c.high:+.1f}], "
             f"Holm p = {c.holm_p_value:.3g}, {len(c.seeds)} seed{'s' if len(c.seeds) != 1 else ''}"
-            f" (the study reported {percent(study.get(c.name))} against {percent(study.get(baseline))})"
+            + (f" (the study reported {percent(study.get(c.name))} against {percent(study.get(baseline))})" if study else "")
             for c in verdict["evidence"] if c.difference is not None
         ) or "; ".join(f"{c.name}: {c.problem}" for c in verdict["evidence"] if c.problem) or "no runs to compare"
         lines.append(f"- *{verdict['claim']}* **{VERDICT_WORDS[verdict['verdict']].capitalize()}**: {evidence}.")

@@ -11,7 +11,7 @@ import numpy as np
 from scipy import stats
 from statsmodels.stats.contingency_tables import mcnemar
 from statsmodels.stats.multitest import multipletests
-from statsmodels.stats.proportion import proportion_confint
+from statsmodels.stats.proportion import confint_proportions_2indep, proportion_confint
 
 CONFIDENCE = 0.95
 BOOTSTRAP_RESAMPLES = 1000
@@ -86,6 +86,26 @@ def t_interval(values: list[float] | np.ndarray, confidence: float = CONFIDENCE)
         low, high = stats.t.interval(confidence, len(values) - 1, loc=mean, scale=sd / np.sqrt(len(values)))
     return {"mean": mean, "sd": sd, "low": float(low), "high": float(high), "n": len(values),
             "method": f"t-interval over {len(values)} seeds, {confidence:.0%}"}
+
+
+def newcombe_difference(first_correct: int, first_total: int, second_correct: int, second_total: int,
+                        confidence: float = CONFIDENCE) -> dict:
+    """Second minus first of two independent proportions (accuracy on two sets of images), with Newcombe's hybrid
+    score interval (statsmodels' 'newcomb')."""
+    low, high = confint_proportions_2indep(second_correct, second_total, first_correct, first_total, method="newcomb",
+                                           compare="diff", alpha=1 - confidence)
+    return {"difference": second_correct / second_total - first_correct / first_total, "low": float(low),
+            "high": float(high), "method": f"Newcombe hybrid score, {confidence:.0%}"}
+
+
+def above_majority(correct: int, total: int, majority_rate: float | None) -> dict:
+    """Accuracy with its Wilson interval, and the one-sided binomial test of being above the majority rate (what
+    always answering the commonest class scores on the same images): the shortcut checks' figure per region."""
+    if not total:
+        return {"accuracy": None, "correct": 0, "images": 0}
+    above = stats.binomtest(correct, total, majority_rate, alternative="greater").pvalue if majority_rate else None
+    return {"accuracy": correct / total, "correct": correct, "images": total,
+            "interval": wilson_interval(correct, total), "above_majority_p": None if above is None else float(above)}
 
 
 def mcnemar_exact(first_correct: np.ndarray, second_correct: np.ndarray) -> dict:

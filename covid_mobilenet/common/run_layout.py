@@ -6,10 +6,12 @@ configuration sit side by side in its folder. Free of TensorFlow.
 """
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from pathlib import Path
 
+from .files import file_sha256
 from .paths import resolve_path
 
 METRICS_FILE = "metrics.json"  # written last: its presence means the run finished
@@ -25,6 +27,7 @@ RELIABILITY_FILE = "reliability.png"  # calibration: top-label and per-class rel
 RISK_COVERAGE_FILE = "risk_coverage.png"  # abstaining: accuracy against the share of images answered
 TENSORBOARD_FOLDER = "tensorboard"  # per-epoch scalars and the HParams record of the run
 KERNEL_LOG = "kernel.log"  # the notebook kernel's own stderr (library start-up messages, crashes)
+EXTERNAL_FOLDER = "external"  # <name>/: the run evaluated on another collection (python -m covid_mobilenet.evaluate)
 BACKUP_FOLDER = "backup"  # Keras' BackupAndRestore checkpoint and the per-epoch log, while training
 
 
@@ -82,3 +85,22 @@ def graph_name(experiment: str, seed: int) -> str:
     """The study's graph file name, the experiment name's trailing number, with the seed (mn_resultset3 -> 3-seed-42.png)."""
     match = re.search(r"(\d+)$", experiment)
     return f"{match.group(1) if match else experiment}-seed-{seed}.png"
+
+
+def external_dir(run_folder: Path, name: str) -> Path:
+    """Where the run's evaluation on the collection ``name`` goes: ``<run>/external/<name>/``."""
+    return Path(run_folder) / EXTERNAL_FOLDER / name
+
+
+def evaluation_is_current(run_folder: Path, name: str, collection_sha256: str) -> bool:
+    """Whether ``<run>/external/<name>/`` holds a finished evaluation of this collection by this run's saved model."""
+    record_file = external_dir(run_folder, name) / METRICS_FILE
+    model_file = Path(run_folder) / MODEL_FILE
+    if not (record_file.is_file() and model_file.is_file()):
+        return False
+    try:
+        record = json.loads(record_file.read_text())
+    except (OSError, ValueError):
+        return False
+    return (record.get("collection_sha256") == collection_sha256
+            and record.get("model_sha256") == file_sha256(model_file))

@@ -3,7 +3,7 @@ with the run's own data set.
 
 A collection comes in the data set's layout (one folder per class, images in ``<Class>/images/`` or directly in
 ``<Class>/``, lung masks optionally in ``<Class>/masks/`` under the image's name; PNG, JPEG or DICOM by content, any
-file names), or as a CSV of ``path,label[,source]`` with paths relative to the collection's folder (``--labels``).
+file names), or as a CSV of ``path,label[,source][,mask]`` with paths relative to the collection's folder (``--labels``).
 ``--class-map FROM=TO`` renames its classes to the run's. Everything is checked before any image is decoded.
 
 Public collections copy each other, so an "external" set can hold copies of the run's training films and flatter
@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from ..common.files import file_sha256
 from .dicom import is_dicom, read_film
 from .duplicates import PIXEL_SIMILARITY, candidate_pairs, fingerprint, fingerprints, similarities
 from .image_files import decoded_picture, image_kind
@@ -51,6 +52,13 @@ def parse_class_map(items: list[str] | None) -> dict[str, str]:
             raise ExternalError(f"--class-map {item!r}: write FROM=TO, the collection's class name, '=', the run's")
         mapping[source.strip()] = target.strip()
     return mapping
+
+
+def check_name(name: str) -> str:
+    """An evaluation's name, which becomes a folder name: letters, digits, '-', '_' and '.' only."""
+    if not name or name.startswith(".") or not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
+        raise ExternalError(f"--name {name!r}: use letters, digits, '-', '_' and '.' (not first)")
+    return name
 
 
 def is_image_file(path: Path) -> bool:
@@ -106,25 +114,41 @@ def _from_table(root: Path, table_file: Path):
         raise ExternalError(f"--labels {table_file}: not a readable CSV ({type(exc).__name__})") from None
     missing = [column for column in ("path", "label") if column not in table.columns]
     if missing:
-        raise ExternalError(f"--labels {table_file}: no column {missing}; it needs path,label and optionally source")
+        raise ExternalError(f"--labels {table_file}: no column {missing}; it needs path,label and optionally "
+                            "source and mask (a lung mask's path)")
     empty = table[table["path"].isna() | table["label"].isna()]
     if len(empty):
         raise ExternalError(f"--labels {table_file}: row(s) {[i + 2 for i in empty.index[:5]]} lack a path or a label")
     rows, left_out, absent = [], [], []
     for record in table.to_dict("records"):
         file = root / record["path"]
+        mask = record.get("mask")
+        mask = root / mask if isinstance(mask, str) and mask else None
         if not file.is_file():
             absent.append(record["path"])
+        elif mask is not None and not mask.is_file():
+            absent.append(record["mask"])
         elif not is_image_file(file):
             left_out.append((str(file), "neither a PNG, a JPEG nor a DICOM file by its content"))
         else:
             source = record.get("source")
             rows.append((str(file), record["label"], source if isinstance(source, str) and source else UNKNOWN_SOURCE,
-                         None))
+                         None if mask is None else str(mask)))
     if absent:
         raise ExternalError(f"--labels {table_file}: {len(absent)} path(s) are not files under {root}, e.g. "
                             f"{absent[:3]}; paths are relative to --data-dir")
     return rows, left_out
+
+
+def collection_sha256(collection: Collection) -> str:
+    """One hash of what an evaluation reads: every image's and mask's content with its path, label and source. An
+    evaluation recorded with the same hash (and the same model) has nothing to recompute."""
+    digest = hashlib.sha256()
+    for row in collection.images.itertuples(index=False):
+        digest.update(f"{Path(row.path).relative_to(collection.root).as_posix()}\t{row.label}\t{row.source}\n".encode())
+        for file in (row.path, row.mask):
+            digest.update(file_sha256(Path(file)).encode() if isinstance(file, str) else b"-")  # no mask: NaN
+    return digest.hexdigest()
 
 
 def external_fingerprint(path: Path) -> tuple[np.ndarray, np.ndarray]:

@@ -26,21 +26,20 @@ from ..analysis.calibration_report import reliability_figure
 from ..analysis.decisions import decision_figures
 from ..analysis.metrics import classification_report
 from ..analysis.uncertainty import single_run_intervals, wilson_interval
-from ..common.files import save_figure, write_csv, write_json
+from ..analysis.uncertainty import above_majority
+from ..common.files import file_sha256, save_figure, write_csv, write_json
 from ..common.paths import resolve_path
-from ..common.run_layout import METRICS_FILE, split_file_name
-from ..data.external import Collection, overlap
+from ..common.run_layout import METRICS_FILE, MODEL_FILE, external_dir, split_file_name
+from ..data.external import Collection, collection_sha256, overlap
+from ..data.masks import USABLE, check_mask
 from .inputs import decode
-from .predict import PredictError, load_trained, prediction_table
+from .predict import PredictError, class_probabilities, load_trained, prediction_table
 
-EXTERNAL_FOLDER = "external"
-
-
-def external_dir(run: Path, name: str) -> Path:
-    return Path(run) / EXTERNAL_FOLDER / name
+SHORTCUT_REGIONS = ("no_lungs", "lungs_blurred", "lungs")  # beside the full images, on those with a usable mask
 
 
-def evaluate_run(run: Path, collection: Collection, name: str, *, batch_size: int = 32) -> dict:
+def evaluate_run(run: Path, collection: Collection, name: str, *, batch_size: int = 32,
+                 collection_hash: str | None = None) -> dict:
     """The run's figures on the collection, written to ``<run>/external/<name>/``; metrics.json's record."""
     started = time.perf_counter()
     run = Path(run)
@@ -68,8 +67,11 @@ def evaluate_run(run: Path, collection: Collection, name: str, *, batch_size: in
     table["overlaps_run"] = table["path"].isin(set(copies["external"]))
 
     known = table["true"].isin(names).to_numpy()
+    mask_of = rows["mask"].to_numpy()
+    shortcuts = region_checks(trained, decoded.pixels, table, mask_of, known, batch_size)
     record = {"name": name, "run": str(run), "experiment": metrics["experiment"], "seed": metrics["params"]["seed"],
-              "collection": str(collection.root), "images": int(len(images)), "read": int(len(table)),
+              "collection": str(collection.root), "collection_sha256": collection_hash or collection_sha256(collection),
+              "model_sha256": file_sha256(run / MODEL_FILE), "images": int(len(images)), "read": int(len(table)),
               "left_out": [{"path": p, "why": w} for p, w in [*collection.left_out, *decoded.failed]],
               "unknown_classes": unknown_classes(table[~known]),
               "class_map": {g: l for g, l in zip(images["given_label"], images["label"]) if g != l},
@@ -78,6 +80,8 @@ def evaluate_run(run: Path, collection: Collection, name: str, *, batch_size: in
                           "by_split": {s: int(n) for s, n in copies.groupby("split")["external"].nunique().items()}},
               "internal_test": {"accuracy": metrics["test"]["accuracy"],
                                 "interval": metrics["test"].get("intervals", {}).get("accuracy")}}
+    if shortcuts is not None:
+        record["all"]["shortcuts"] = shortcuts
     clean = known & ~table["overlaps_run"].to_numpy()
     record["without_overlap"] = figures(table[clean], raw[clean], calibrated[clean], names, trained) \
         if record["overlap"]["external_images"] else "no image of the collection overlaps the run's data set"
@@ -90,6 +94,35 @@ def evaluate_run(run: Path, collection: Collection, name: str, *, batch_size: in
                                        f"(seed {metrics['params']['seed']})"), folder / "reliability.png")
     write_json(folder / METRICS_FILE, record)  # last: its presence means the evaluation finished
     return record
+
+
+def region_checks(trained, pixels: np.ndarray, table: pd.DataFrame, mask_of: np.ndarray, known: np.ndarray,
+                  batch_size: int) -> dict | None:
+    """The run's shortcut checks on the collection's images of known classes that have a usable lung mask: accuracy
+    with the lungs blacked out, blurred and kept alone beside the full images and the majority-class rate (see
+    run/shortcut_checks.py); each image's answer per region goes into ``table`` (``predicted_<region>``). None
+    without masks."""
+    import tensorflow as tf
+
+    from ..data.pipeline import apply_region, load_mask
+
+    has_mask = np.array([isinstance(m, str) and check_mask(Path(m)) in USABLE for m in mask_of]) & known
+    masked = np.flatnonzero(has_mask)
+    if not len(masked):
+        return None
+    names, size = trained.class_names, trained.image_size
+    truth = table["true"].to_numpy()[masked]
+    majority = pd.Series(truth).value_counts(normalize=True)
+    lungs = [load_mask(tf.constant(mask_of[i]), size) for i in masked]
+    regions = {"full": above_majority(int((table["predicted"].to_numpy()[masked] == truth).sum()), len(masked),
+                                      float(majority.iloc[0]))}
+    for region in SHORTCUT_REGIONS:
+        shown = np.stack([apply_region(tf.constant(pixels[i]), lung, region).numpy() for i, lung in zip(masked, lungs)])
+        predicted = np.array(names)[class_probabilities(trained, shown, batch_size).argmax(axis=1)]
+        table.loc[table.index[masked], f"predicted_{region}"] = predicted
+        regions[region] = above_majority(int((predicted == truth).sum()), len(masked), float(majority.iloc[0]))
+    return {"images_with_mask": int(len(masked)), "majority_class": str(majority.index[0]),
+            "majority_rate": float(majority.iloc[0]), "regions": regions}
 
 
 def unknown_classes(rows: pd.DataFrame) -> dict:
@@ -140,32 +173,45 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     import sys
 
-    from ..data.external import ExternalError, parse_class_map, read_collection
+    from ..data.external import ExternalError, check_name, parse_class_map, read_collection
 
     parser = argparse.ArgumentParser(prog="python -m covid_mobilenet.evaluate", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", type=Path, required=True, help="a finished run's folder, results/<experiment>/seed-<seed>")
+    parser.add_argument("--run", type=Path, required=True, action="append",
+                        help="a finished run's folder, results/<experiment>/seed-<seed> (repeatable: each is evaluated)")
     parser.add_argument("--data-dir", type=Path, required=True, help="the other collection: one folder per class "
                                                                      "(<Class>/images/ or <Class>/), or with --labels")
     parser.add_argument("--name", help="the evaluation's folder name under <run>/external/ (default: the folder's name)")
-    parser.add_argument("--labels", type=Path, help="a CSV of path,label[,source], paths relative to --data-dir")
+    parser.add_argument("--labels", type=Path, help="a CSV of path,label[,source][,mask], paths relative to --data-dir")
     parser.add_argument("--class-map", action="append", metavar="FROM=TO", help="rename a class of the collection to "
                                                                                "the run's (repeatable)")
     args = parser.parse_args(argv)
     try:
         collection = read_collection(args.data_dir, args.labels, parse_class_map(args.class_map))
         name = args.name or Path(args.data_dir).resolve().name
-        if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
-            raise ExternalError(f"--name {name!r}: use letters, digits, '-', '_' and '.'")
-        record = evaluate_run(args.run, collection, name)
-    except (ExternalError, PredictError) as exc:
+        check_name(name)
+        missing = [str(run) for run in args.run if not (Path(run) / METRICS_FILE).is_file()]
+        if missing:
+            raise ExternalError(f"--run {', '.join(missing)}: no {METRICS_FILE}; name a finished run's folder, "
+                                "results/<experiment>/seed-<seed>")
+    except ExternalError as exc:
         print(f"evaluate: {exc}", file=sys.stderr)
         return 2
-    for item in record["left_out"]:
-        print(f"left out {item['path']}: {item['why']}", file=sys.stderr)
-    print(summary_line(record))
-    print(f"wrote {external_dir(args.run, name)}", file=sys.stderr)
-    return 0
+    for item in collection.left_out:
+        print(f"left out {item[0]}: {item[1]}", file=sys.stderr)
+    digest, failed = collection_sha256(collection), 0
+    for run in args.run:
+        try:
+            record = evaluate_run(run, collection, name, collection_hash=digest)
+        except (ExternalError, PredictError, OSError, ValueError) as exc:  # one run's trouble does not stop the others
+            print(f"evaluate: {run}: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        for item in record["left_out"][len(collection.left_out):]:
+            print(f"left out {item['path']}: {item['why']}", file=sys.stderr)
+        print(f"{run}: {summary_line(record)}")
+        print(f"wrote {external_dir(run, name)}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def summary_line(record: dict) -> str:

@@ -33,10 +33,9 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 from matplotlib.figure import Figure
-from scipy import stats
 
 from ..analysis.calibration import NO_LUNGS_PREFIX
-from ..analysis.uncertainty import wilson_interval
+from ..analysis.uncertainty import above_majority
 from ..data import masks, sources
 from ..data.demo import DEMO_RECORD
 from ..data.pipeline import AUTOTUNE, load_mask, region_images
@@ -80,7 +79,7 @@ def analyse(model: keras.Model, root: Path, test: pd.DataFrame, class_names: lis
             for i, name in enumerate(class_names):
                 table.loc[masked, f"{NO_LUNGS_PREFIX}{name}"] = probabilities[:, i]
         correct = int((table.loc[masked, f"predicted_{region}"] == table.loc[masked, "true"]).sum())
-        regions[region] = _region_accuracy(correct, len(masked), float(majority.iloc[0]) if len(majority) else None)
+        regions[region] = above_majority(correct, len(masked), float(majority.iloc[0]) if len(majority) else None)
 
     gradcam = GradCam(model)
     marker = _planted_marker(root, image_size)
@@ -104,16 +103,6 @@ def analyse(model: keras.Model, root: Path, test: pd.DataFrame, class_names: lis
     metrics = {"shortcuts": shortcuts, "sources": sources.summarise(test, origin)}
     panel = _panel(gradcam, test, paths, mask_paths, has_mask, class_names, image_size, input_region, title)
     return ShortcutAnalysis(metrics, table, panel)
-
-
-def _region_accuracy(correct: int, total: int, majority_rate: float | None) -> dict:
-    """Accuracy on one region with its Wilson interval, and the one-sided binomial test of being above the
-    majority rate (what always answering the commonest class scores on the same images)."""
-    if not total:
-        return {"accuracy": None, "correct": 0, "images": 0}
-    above = stats.binomtest(correct, total, majority_rate, alternative="greater").pvalue if majority_rate else None
-    return {"accuracy": correct / total, "correct": correct, "images": total,
-            "interval": wilson_interval(correct, total), "above_majority_p": None if above is None else float(above)}
 
 
 def _images(paths, mask_paths, image_size, region, batch_size) -> tf.data.Dataset:
