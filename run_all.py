@@ -215,11 +215,11 @@ def main(argv: list[str] | None = None) -> int:
         else:
             jobs = plan.plan(config, plan.select(config, args.only), mode, cli_overrides(args), seeds)
         externals = external.parse_external(args.external, mode)
+        if mode.demo and not (args.dry_run or args.summary_only):
+            preflight.prepare_demo_data(mode, config)
         if not args.dry_run:
-            external.check_external(externals, mode)  # before anything trains
+            external.check_external(externals, mode)  # before anything trains (the demo's copies the demo set)
         if not (args.dry_run or args.summary_only):
-            if mode.demo:
-                preflight.prepare_demo_data(mode, config)
             jobs = preflight.preflight(jobs, mode, holdout_plan=holdout_plan)
             if holdout_plan is not None and not jobs:
                 raise preflight.SweepError("--holdout-sources: no held-out source leaves its class anything to train on: "

@@ -290,9 +290,17 @@ def test_the_demo_sweep_with_external_evaluates_each_run_once_on_a_generated_hos
     hospital = tiny_root.parent / "hospital-2"
     assert "Generating the demo's second hospital" in first.stdout and (hospital / "hospital.json").is_file()
     assert f"{len(SWEPT)} run(s) evaluated, 0 already were" in first.stdout
+    copies = json.loads((hospital / "hospital.json").read_text())["copies"]
+    assert len(copies) == 6 and {c["how"] for c in copies} == {"jpeg", "resize", "brightness", "crop", "noise"}
     for name in SWEPT:
-        record = json.loads((own_sweep / "results" / name / "seed-42" / "external" / "hospital-2" / "metrics.json").read_text())
-        assert record["images"] == 200 and record["all"]["shortcuts"]["images_with_mask"] == 200
+        folder = own_sweep / "results" / name / "seed-42" / "external" / "hospital-2"
+        record = json.loads((folder / "metrics.json").read_text())
+        assert record["images"] == 206 and record["all"]["shortcuts"]["images_with_mask"] == 206
+        # every film the hospital copied from the demo set is found, with the image it copies, and nothing else
+        found = pd.read_csv(folder / "overlap.csv")
+        assert sorted(zip(found["external"], found["run_image"])) == sorted(
+            (str(hospital / c["file"]), c["copy_of"]) for c in copies)
+        assert record["overlap"]["external_images"] == 6 and record["without_overlap"]["images"] == 200
     table = pd.read_csv(own_sweep / "results" / "external-hospital-2.csv")
     assert table["Model"].tolist() == SWEPT and table["Difference low"].le(table["Difference"]).all()
     summary_text = (own_sweep / "results" / "summary.md").read_text()

@@ -5,7 +5,8 @@ once, not after hours). After the sweep, ``python -m covid_mobilenet.evaluate`` 
 per collection, the finished runs whose ``<run>/external/<name>/metrics.json`` does not already hold this
 collection (the hash of its images, masks, labels and sources) evaluated by this run's saved model: a rerun with
 nothing changed recomputes nothing. With ``--demo``, ``--external`` without a folder is the generated second
-hospital (``data/demo_hospital.py``), written beside the demo set when absent.
+hospital (``data/demo_hospital.py``), written beside the demo set when absent, with a few of the demo set's films
+copied into it as public collections copy each other.
 """
 from __future__ import annotations
 
@@ -68,7 +69,7 @@ def check_external(sets: list[ExternalSet], mode: Mode, say: Callable[[str], Non
     for external in sets:
         if mode.demo and external.root == demo_collection_dir(mode) and not (external.root / RECORD).is_file():
             say(f"Generating the demo's second hospital in {external.root}")
-            generate_second_hospital(external.root)
+            generate_second_hospital(external.root, copies_from=resolve_path(mode.data_dir))  # with a few copies
         collection = read_collection(external.root)
         say(f"--external {external.name}: {len(collection.images)} images in {external.root}"
             + (f" ({len(collection.left_out)} files that are not images left out)" if collection.left_out else ""))
