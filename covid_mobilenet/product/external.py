@@ -33,7 +33,7 @@ from ..common.run_layout import METRICS_FILE, MODEL_FILE, external_dir, split_fi
 from ..data.external import Collection, collection_sha256, overlap
 from ..data.masks import USABLE, check_mask
 from .inputs import decode
-from .predict import PredictError, class_probabilities, load_trained, prediction_table
+from .predict import PredictError, load_trained, prediction_table
 
 SHORTCUT_REGIONS = ("no_lungs", "lungs_blurred", "lungs")  # beside the full images, on those with a usable mask
 
@@ -104,7 +104,7 @@ def region_checks(trained, pixels: np.ndarray, table: pd.DataFrame, mask_of: np.
     without masks."""
     import tensorflow as tf
 
-    from ..data.pipeline import apply_region, load_mask
+    from ..data.pipeline import AUTOTUNE, apply_region, load_mask
 
     has_mask = np.array([isinstance(m, str) and check_mask(Path(m)) in USABLE for m in mask_of]) & known
     masked = np.flatnonzero(has_mask)
@@ -113,12 +113,14 @@ def region_checks(trained, pixels: np.ndarray, table: pd.DataFrame, mask_of: np.
     names, size = trained.class_names, trained.image_size
     truth = table["true"].to_numpy()[masked]
     majority = pd.Series(truth).value_counts(normalize=True)
-    lungs = [load_mask(tf.constant(mask_of[i]), size) for i in masked]
+    pairs = tf.data.Dataset.from_tensor_slices((pixels[masked], [str(mask_of[i]) for i in masked]))
     regions = {"full": above_majority(int((table["predicted"].to_numpy()[masked] == truth).sum()), len(masked),
                                       float(majority.iloc[0]))}
     for region in SHORTCUT_REGIONS:
-        shown = np.stack([apply_region(tf.constant(pixels[i]), lung, region).numpy() for i, lung in zip(masked, lungs)])
-        predicted = np.array(names)[class_probabilities(trained, shown, batch_size).argmax(axis=1)]
+        shown = pairs.map(lambda image, mask, region=region: apply_region(image, load_mask(mask, size), region),
+                          num_parallel_calls=AUTOTUNE).batch(batch_size)
+        probabilities = np.asarray(trained.model.predict(shown, verbose=0), np.float64)
+        predicted = np.array(names)[probabilities.argmax(axis=1)]
         table.loc[table.index[masked], f"predicted_{region}"] = predicted
         regions[region] = above_majority(int((predicted == truth).sum()), len(masked), float(majority.iloc[0]))
     return {"images_with_mask": int(len(masked)), "majority_class": str(majority.index[0]),
