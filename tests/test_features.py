@@ -118,3 +118,62 @@ def test_an_entry_cut_short_is_recomputed(tmp_path, tiny_root):
 def test_fast_mode_needs_a_frozen_backbone(tmp_path, tiny_root):
     with pytest.raises(ParameterError, match="train_base=False"):
         frozen_params(tmp_path, tiny_root, fast=True, train_base=True)
+
+
+@pytest.mark.slow
+def test_fast_mode_shortcut_checks_come_from_the_cache_and_equal_the_passes_over_the_images(tmp_path, tiny_root,
+                                                                                            backbone_file, monkeypatch):
+    """Trains two heads: that the second computes no backbone features at all, and that the cached checks equal
+    the checks that pass the images through the whole model, is the claim."""
+    from covid_mobilenet.run.shortcut_checks import analyse
+
+    written = []
+    original = features._write_features
+
+    def counting(folder, images, **kw):
+        written.append((folder.name, kw["about"].get("region")))
+        return original(folder, images, **kw)
+
+    monkeypatch.setattr(features, "_write_features", counting)
+    first = steps.run_experiment(frozen_params(tmp_path, tiny_root, experiment="one", fast=True, weights=str(backbone_file)))
+    assert sorted(region for _, region in written) == ["full", "lungs", "lungs_blurred", "no_lungs"]
+    written.clear()
+    steps.run_experiment(frozen_params(tmp_path, tiny_root, experiment="two", fast=True, hidden_layers=2,
+                                       weights=str(backbone_file)))
+    assert written == [], "the second configuration reads every feature the first computed"
+
+    params = first.params
+    passes = analyse(first.whole, first.data.root, first.predictions["test"], first.data.class_names,
+                     image_size=params["image_size"], input_region="full", batch_size=16, title="passes")
+    cached, direct = first.analysis.table, passes.table
+    assert cached["predicted_no_lungs"].notna().sum() == len(cached) >= 15  # every tiny test image has a mask
+    probabilities = [c for c in cached.columns if c.startswith("p_no_lungs_")]
+    np.testing.assert_allclose(cached[probabilities].to_numpy(float), direct[probabilities].to_numpy(float), atol=2e-3)
+    for region in ("lungs", "no_lungs", "lungs_blurred"):
+        differ = int((cached[f"predicted_{region}"] != direct[f"predicted_{region}"]).sum())
+        assert differ <= 1, f"{region}: {differ} answers differ (float16 features may flip one near tie)"
+    np.testing.assert_allclose(cached["energy_in_lungs"].to_numpy(float), direct["energy_in_lungs"].to_numpy(float),
+                               atol=1e-6, equal_nan=True)
+
+
+@pytest.mark.slow
+def test_grad_cam_from_the_cached_maps_equals_grad_cam_through_the_backbone(tiny_root, backbone_file):
+    """At the backbone's output the cached features are Grad-CAM's maps: the same heatmaps, to float16 rounding."""
+    from covid_mobilenet.model.architecture import build_model, feature_extractor
+    from covid_mobilenet.model.gradcam import GradCam, GradCamError
+
+    whole = build_model(4, image_size=64, weights=str(backbone_file), train_base=False, batchnorm_momentum=0.99,
+                        hidden_layers=1, dense_units=8, dropout=0.5, seed=3)
+    paths = [str(p) for p in sorted(tiny_root.glob("*/images/*.png"))[:12]]
+    images = next(iter(decoded(paths, [0] * len(paths), image_size=64).batch(len(paths))))[0].numpy()
+    maps = feature_extractor(64, str(backbone_file), 3)(images).numpy().astype(features.FEATURE_DTYPE)
+    at_output = GradCam(whole, layer="conv_pw_13_relu")
+    assert at_output.taps_backbone_output
+    through, probabilities = at_output.cams(images)
+    from_maps, probabilities_from_maps = at_output.cams_from_maps(maps)
+    assert through.shape == (12, 2, 2) and through.max() > 0  # 2 x 2 maps at 64 px: where, not only how much
+    np.testing.assert_allclose(from_maps, through, rtol=1e-2, atol=1e-2 * through.max())
+    np.testing.assert_allclose(probabilities_from_maps, probabilities, atol=1e-3)
+    np.testing.assert_allclose(at_output.head_probabilities(maps), probabilities, atol=1e-3)
+    with pytest.raises(GradCamError, match="not the backbone's output"):
+        GradCam(whole, layer="conv_pw_12_relu").cams_from_maps(maps)

@@ -72,6 +72,11 @@ class FeatureCache:
 
         return SplitPipelines(examples, sizes, batch_size, seed, load_batch=load_batch)
 
+    def rows(self, subset: str) -> np.ndarray:
+        """Every cached row of one subset, in the split table's order (float16)."""
+        count = self.manifest["counts"][subset]
+        return RowReader(self.folder / f"{subset}.f16", count, self.feature_shape).rows(np.arange(count))
+
 
 class RowReader:
     """Reads rows of a float16 feature file by number, without mapping the file into memory.
@@ -157,6 +162,19 @@ def compute_features(
     region: str = "full",
 ) -> dict:
     """Run the frozen backbone over every split once, writing float16 rows; the manifest last."""
+    images = {}
+    for subset in SPLITS:
+        paths, _ = split_arrays(split, index.root, index.class_names, subset)
+        # streamed, not cached: the images are read once here and never kept
+        images[subset] = region_images(paths, image_size=image_size, region=region,
+                                       mask_paths=split_masks(split, index.root, subset))
+    return _write_features(folder, images, image_size=image_size, weights=weights, seed=seed, batch_size=batch_size,
+                           about={"split_sha256": split.sha256, "region": region})
+
+
+def _write_features(folder: Path, images: dict[str, tf.data.Dataset], *, image_size: int, weights: str | None,
+                    seed: int, batch_size: int, about: dict) -> dict:
+    """The frozen backbone over each named dataset of images, one float16 file each; the manifest last."""
     started = time.perf_counter()
     if folder.exists():
         shutil.rmtree(folder)  # an entry a kill left without its manifest
@@ -164,23 +182,19 @@ def compute_features(
     extractor = feature_extractor(image_size, weights, seed)
     infer = tf.function(lambda pixels: extractor(pixels, training=False))
     counts = {}
-    for subset in SPLITS:
-        paths, _ = split_arrays(split, index.root, index.class_names, subset)
-        images = (
-            region_images(paths, image_size=image_size, region=region, mask_paths=split_masks(split, index.root, subset))
-            .batch(batch_size)
-            .prefetch(AUTOTUNE)
-        )  # streamed, not cached: the images are read once here and never kept
+    for subset, dataset in images.items():
+        count = 0
         with atomic_path(folder / f"{subset}.f16") as partial, open(partial, "wb") as out:
-            for pixels in images:
+            for pixels in dataset.batch(batch_size).prefetch(AUTOTUNE):
                 out.write(np.asarray(infer(pixels), dtype=FEATURE_DTYPE).tobytes())
-        counts[subset] = len(paths)
-        print(f"backbone features of {len(paths)} {subset} images computed")
+                count += len(pixels)
+        counts[subset] = count
+        print(f"backbone features of {count} {subset} images computed" + (
+            f" ({about['region']})" if about.get("region", "full") != "full" else ""))
     manifest = {
         "key": folder.name,
-        "split_sha256": split.sha256,
+        **about,
         "image_size": image_size,
-        "region": region,
         "weights": weights,
         "seed": seed,
         "precision": keras.mixed_precision.global_policy().name,
@@ -191,6 +205,30 @@ def compute_features(
     }
     write_json(folder / MANIFEST, manifest)
     return manifest
+
+
+def cached_region_features(
+    index: ImageIndex, split: Split, region: str, paths: list[str], mask_paths: list[str], *, feature_dir: Path,
+    image_size: int, weights: str | None, seed: int, batch_size: int,
+) -> np.ndarray:
+    """The frozen backbone's features of some images shown as ``region`` (the shortcut checks' test images that have
+    a lung mask: the lungs removed, blurred or alone), cached beside the split's own entry and keyed by the same
+    things plus the region and the list of images: computed by the first configuration of a sweep that asks, read by
+    the others. Rows in ``paths``' order (float16)."""
+    listing = hashlib.sha256("".join(f"{p}\t{m}\n" for p, m in zip(paths, mask_paths)).encode()).hexdigest()[:12]
+    key = f"{cache_key(index, split, image_size=image_size, weights=weights, seed=seed)}-shown-{region}-{listing}"
+    folder = Path(feature_dir) / key
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with _exclusive(folder.parent / f"{key}.lock"):
+        manifest = _read_manifest(folder)
+        if manifest is None:
+            images = {"images": region_images(list(paths), image_size=image_size, region=region,
+                                              mask_paths=list(mask_paths))}
+            manifest = _write_features(folder, images, image_size=image_size, weights=weights, seed=seed,
+                                       batch_size=batch_size, about={"split_sha256": split.sha256, "region": region,
+                                                                     "images_sha256": listing})
+    count = manifest["counts"]["images"]
+    return RowReader(folder / "images.f16", count, tuple(manifest["feature_shape"])).rows(np.arange(count))
 
 
 def _read_manifest(folder: Path) -> dict | None:

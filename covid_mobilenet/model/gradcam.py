@@ -83,6 +83,35 @@ class GradCam:
         cams = tf.nn.relu(tf.reduce_sum(weights * tf.cast(activation, tf.float32), axis=-1))
         return cams.numpy(), tf.nn.softmax(logits).numpy()
 
+    @property
+    def taps_backbone_output(self) -> bool:
+        """Whether the tapped layer is the backbone's output: then a frozen backbone's cached features are the very
+        maps Grad-CAM needs (``cams_from_maps``), and no pass through the backbone is needed."""
+        return self.layer == self.backbone.layers[-1].name
+
+    def cams_from_maps(self, maps, classes=None) -> tuple[np.ndarray, np.ndarray]:
+        """``cams`` from the backbone's output itself (a frozen backbone's cached features): exact, since the head
+        is all that lies between the maps and the class score; only when ``taps_backbone_output``."""
+        if not self.taps_backbone_output:
+            raise GradCamError(f"the tapped layer {self.layer} is not the backbone's output: its maps are not the "
+                               "cached features; use cams(images)")
+        activation = tf.cast(tf.convert_to_tensor(maps), tf.float32)
+        with tf.GradientTape() as tape:
+            tape.watch(activation)
+            logits = self._logits(activation)
+            chosen = tf.argmax(logits, axis=1) if classes is None else tf.convert_to_tensor(classes, tf.int64)
+            score = tf.reduce_sum(tf.gather(logits, chosen, axis=1, batch_dims=1))
+        gradients = tf.cast(tape.gradient(score, activation), tf.float32)
+        weights = tf.reduce_mean(gradients, axis=(1, 2), keepdims=True)
+        cams = tf.nn.relu(tf.reduce_sum(weights * activation, axis=-1))
+        return cams.numpy(), tf.nn.softmax(logits).numpy()
+
+    def head_probabilities(self, features, batch_size: int = 256) -> np.ndarray:
+        """The model's class probabilities from its backbone's output (cached features), without the backbone."""
+        rows = [tf.nn.softmax(self._logits(tf.cast(features[start:start + batch_size], tf.float32))).numpy()
+                for start in range(0, len(features), batch_size)]
+        return np.concatenate(rows).astype(np.float64) if rows else np.zeros((0, int(self.after[-1].units)))
+
     def _logits(self, x):
         for layer in self.after[:-1]:
             x = layer(x, training=False)

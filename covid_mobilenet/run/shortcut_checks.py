@@ -19,6 +19,11 @@ Nanni 2020). For every run, on its test images:
 - **accuracy per class and source**, from the data set's metadata spreadsheets;
 - on the demo set, whose description names a planted marker, the Grad-CAM energy on it.
 
+In fast mode (a frozen backbone, its features cached) nothing here passes an image through the backbone twice in a
+sweep: the region images' features are cached like the split's (``features.cached_region_features``, shared by
+every configuration), the head alone answers them, and Grad-CAM, when it taps the backbone's output (7x7 at 224
+pixels), comes from the cached maps and the head's gradients, which is exact for a frozen backbone.
+
 A heatmap is evidence, not proof: Grad-CAM is coarse (7x7 at 224 pixels) and shows where the
 gradient of one class score is large, not what the model "understood".
 """
@@ -27,6 +32,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import keras
 import numpy as np
@@ -46,6 +52,14 @@ PANEL_SEED = 0
 
 
 @dataclass
+class CachedInputs:
+    """Fast mode: the frozen backbone's cached features, so that no check passes a test image through it again."""
+
+    test: np.ndarray  # the test split's features, rows in the test table's order (the model's input region)
+    regions: Callable[[str, list[str], list[str]], np.ndarray]  # (region, image paths, mask paths) -> their features
+
+
+@dataclass
 class ShortcutAnalysis:
     metrics: dict  # for metrics.json: "shortcuts" and "sources"
     table: pd.DataFrame  # one row per test image
@@ -53,8 +67,10 @@ class ShortcutAnalysis:
 
 
 def analyse(model: keras.Model, root: Path, test: pd.DataFrame, class_names: list[str], *,
-            image_size: int, input_region: str, batch_size: int, title: str) -> ShortcutAnalysis:
-    """Every check of the module docstring on the test predictions ``test`` (path, true, predicted, p_<class>)."""
+            image_size: int, input_region: str, batch_size: int, title: str,
+            cached: CachedInputs | None = None) -> ShortcutAnalysis:
+    """Every check of the module docstring on the test predictions ``test`` (path, true, predicted, p_<class>);
+    ``cached``: in fast mode, the backbone's cached features, used instead of passes over the images."""
     root = Path(root)
     test = test.reset_index(drop=True)
     checked = masks.check_masks(root, test["path"])
@@ -68,12 +84,15 @@ def analyse(model: keras.Model, root: Path, test: pd.DataFrame, class_names: lis
     masked = np.flatnonzero(has_mask)
     majority = table.loc[masked, "true"].value_counts(normalize=True)
     regions = {}
+    gradcam = GradCam(model)
     for region in masks.TEST_REGIONS:
+        shown, lungs = [paths[i] for i in masked], [mask_paths[i] for i in masked]
         if region == "full" and input_region == "full":  # the test predictions themselves: no second pass
             probabilities = test.loc[masked, [f"p_{name}" for name in class_names]].to_numpy(np.float64)
+        elif cached is not None and shown:
+            probabilities = gradcam.head_probabilities(cached.regions(region, shown, lungs))
         else:
-            probabilities = _predict(model, [paths[i] for i in masked], [mask_paths[i] for i in masked], image_size, region,
-                                     batch_size, len(class_names))
+            probabilities = _predict(model, shown, lungs, image_size, region, batch_size, len(class_names))
         table.loc[masked, f"predicted_{region}"] = [class_names[c] for c in probabilities.argmax(axis=1)]
         if region == "no_lungs":  # kept: how confident the model is without the lungs (analysis/calibration.py)
             for i, name in enumerate(class_names):
@@ -81,10 +100,11 @@ def analyse(model: keras.Model, root: Path, test: pd.DataFrame, class_names: lis
         correct = int((table.loc[masked, f"predicted_{region}"] == table.loc[masked, "true"]).sum())
         regions[region] = above_majority(correct, len(masked), float(majority.iloc[0]) if len(majority) else None)
 
-    gradcam = GradCam(model)
     marker = _planted_marker(root, image_size)
+    maps = cached.test if cached is not None and gradcam.taps_backbone_output else None  # Grad-CAM from the cache
     energy = _energies(gradcam, [paths[i] for i in masked], [mask_paths[i] for i in masked], image_size, input_region,
-                       batch_size, class_names, marker_box=None if marker is None else marker["box_mask"])
+                       batch_size, class_names, marker_box=None if marker is None else marker["box_mask"],
+                       maps=None if maps is None else maps[masked])
     for column, values in energy.items():
         table.loc[masked, column] = values
     shortcuts = {
@@ -101,7 +121,7 @@ def analyse(model: keras.Model, root: Path, test: pd.DataFrame, class_names: lis
     if marker is not None:
         shortcuts["planted_marker"] = _marker_summary(table.loc[masked], marker)
     metrics = {"shortcuts": shortcuts, "sources": sources.summarise(test, origin)}
-    panel = _panel(gradcam, test, paths, mask_paths, has_mask, class_names, image_size, input_region, title)
+    panel = _panel(gradcam, test, paths, mask_paths, has_mask, class_names, image_size, input_region, title, maps)
     return ShortcutAnalysis(metrics, table, panel)
 
 
@@ -117,20 +137,23 @@ def _predict(model, paths, mask_paths, image_size, region, batch_size, num_class
 
 
 def _energies(gradcam: GradCam, paths, mask_paths, image_size, input_region, batch_size, class_names,
-              marker_box) -> dict[str, list]:
+              marker_box, maps: np.ndarray | None = None) -> dict[str, list]:
     """Per image: the Grad-CAM class, the energy share inside the lungs, the lungs' share of the image, and the
     energy share inside the planted marker's box (demo only). The heatmaps are of the images the model was
-    trained on (its input region)."""
+    trained on (its input region); with ``maps`` (the cached backbone output of those images), from them."""
     out = {"gradcam_class": [], "energy_in_lungs": [], "lung_area": []}
     if marker_box is not None:
         out["energy_in_marker"] = []
     if not paths:
         return out
     lungs = tf.data.Dataset.from_tensor_slices(mask_paths).map(lambda m: load_mask(m, image_size), num_parallel_calls=AUTOTUNE)
-    batches = tf.data.Dataset.zip((region_images(paths, image_size=image_size, region=input_region, mask_paths=mask_paths),
-                                   lungs)).batch(batch_size).prefetch(AUTOTUNE)
+    if maps is not None:
+        inputs = tf.data.Dataset.from_tensor_slices(np.arange(len(paths)))  # row numbers into maps
+    else:
+        inputs = region_images(paths, image_size=image_size, region=input_region, mask_paths=mask_paths)
+    batches = tf.data.Dataset.zip((inputs, lungs)).batch(batch_size).prefetch(AUTOTUNE)
     for images, lung_masks in batches:
-        cams, probabilities = gradcam.cams(images)
+        cams, probabilities = gradcam.cams(images) if maps is None else gradcam.cams_from_maps(maps[images.numpy()])
         for cam, lung, chosen in zip(upsample(cams, image_size), lung_masks.numpy(), probabilities.argmax(axis=1)):
             out["gradcam_class"].append(class_names[chosen])
             out["energy_in_lungs"].append(energy_in_mask(cam, lung))
@@ -210,8 +233,10 @@ def panel_examples(test: pd.DataFrame, class_names: list[str], per_class: int = 
     return [int(i) for i in chosen]
 
 
-def _panel(gradcam, test, paths, mask_paths, has_mask, class_names, image_size, input_region, title) -> Figure:
-    """The panel of ``panel_examples``, each image as the model saw it (its input region), with its heatmap."""
+def _panel(gradcam, test, paths, mask_paths, has_mask, class_names, image_size, input_region, title,
+           maps: np.ndarray | None = None) -> Figure:
+    """The panel of ``panel_examples``, each image as the model saw it (its input region), with its heatmap (from
+    ``maps``, the test images' cached backbone output, when given)."""
     chosen = panel_examples(test, class_names)
     if input_region != "full":  # a region run's test images all have masks; keep to those, to be safe
         chosen = [i for i in chosen if has_mask[i]]
@@ -221,7 +246,7 @@ def _panel(gradcam, test, paths, mask_paths, has_mask, class_names, image_size, 
         shown = region_images([paths[i] for i in chosen], image_size=image_size, region=input_region,
                               mask_paths=lung_files if input_region != "full" else None)
         images = np.stack(list(shown.as_numpy_iterator()))
-        cams = upsample(gradcam.cams(images)[0], image_size)
+        cams = upsample((gradcam.cams(images) if maps is None else gradcam.cams_from_maps(maps[chosen]))[0], image_size)
     lungs = [None if m is None else load_mask(m, image_size).numpy() for m in lung_files]
     titles = []
     for i in chosen:

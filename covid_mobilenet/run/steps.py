@@ -11,6 +11,7 @@ and the split table to ``<results_dir>/split-<hash>.csv``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -33,7 +34,7 @@ from ..data.grouping import split_for, write_duplicates_table
 from ..data.sources import hold_out
 from ..data.split import Split
 from ..model import batchnorm, training
-from ..model.features import FeatureCache, cached_features
+from ..model.features import FeatureCache, cached_features, cached_region_features
 from ..model.inference import predicted_probabilities
 from ..model.runtime import Runtime, configure
 from ..model.weights import ensure_weights_available
@@ -42,7 +43,7 @@ from .guard import Unfamiliar
 from .models import head_on_backbone, trainable_model
 from .outputs import PREDICTED_SUBSETS
 from .params import check_parameters
-from .shortcut_checks import ShortcutAnalysis, analyse
+from .shortcut_checks import CachedInputs, ShortcutAnalysis, analyse
 
 
 @dataclass
@@ -191,10 +192,16 @@ def look_for_shortcuts(whole: keras.Model, data: PreparedData, predictions: dict
                        runtime: Runtime) -> ShortcutAnalysis:
     """Grad-CAM inside the lungs, the test images with the lungs removed and alone, accuracy per source
     (``whole``: the model that takes pixels, ``full_model``)."""
+    batch_size = runtime.global_batch(params["batch_size"])
+    cached = None
+    if data.features is not None:  # fast mode: the backbone's cached features, no pass over the test images
+        cached = CachedInputs(data.features.rows("test"), partial(
+            cached_region_features, data.index, data.split, feature_dir=resolve_path(params["feature_dir"]),
+            image_size=params["image_size"], weights=params["weights"], seed=params["seed"], batch_size=batch_size))
     return analyse(
         whole, data.root, predictions["test"], data.class_names,
         image_size=params["image_size"], input_region=params["input_region"],
-        batch_size=runtime.global_batch(params["batch_size"]), title=f"{params['experiment']} (seed {params['seed']})",
+        batch_size=batch_size, title=f"{params['experiment']} (seed {params['seed']})", cached=cached,
     )
 
 
