@@ -305,5 +305,9 @@ def test_the_demo_sweep_with_external_evaluates_each_run_once_on_a_generated_hos
     assert table["Model"].tolist() == SWEPT and table["Difference low"].le(table["Difference"]).all()
     summary_text = (own_sweep / "results" / "summary.md").read_text()
     assert "## Outside the split: other collections" in summary_text and "On another collection: `hospital-2`" in summary_text
-    again = run_all("--demo", *folders(own_sweep, tiny_root), *TINY, *ONLY_SWEPT, "--summary-only", "--external")
-    assert again.returncode == 0 and f"{len(SWEPT)} run(s) already evaluated on this collection" in again.stdout
+    # Run again (what run_all.py does after a sweep): nothing changed, nothing evaluated.
+    from covid_mobilenet.sweep.external import ExternalSet, evaluate_external
+
+    again = evaluate_external([ExternalSet("hospital-2", hospital)],
+                              [own_sweep / "results" / name / "seed-42" for name in SWEPT])
+    assert [(o.status, o.detail) for o in again] == [("skipped", f"{len(SWEPT)} run(s) already evaluated on this collection")]
