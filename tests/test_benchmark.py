@@ -28,12 +28,13 @@ def test_the_benchmark_measures_and_writes_every_figure(tmp_path, monkeypatch, c
     # the int8 comparison needs a trained run (test_product covers measure_quantization on one): none here
     monkeypatch.setattr(cli, "quantization_run", lambda: None)
     output = tmp_path / "bench.json"
-    output.write_text(json.dumps({"duplicates": {"recall_all": 1.0}, "pipeline_speedup": -1}))  # an earlier file
+    output.write_text(json.dumps({"duplicates": {"recall_all": 1.0}, "unfamiliar": {"auroc": 1.0}, "pipeline_speedup": -1}))  # an earlier file
     assert cli.main(["--images", "100", "--image-size", "32", "--steps", "1", "--epochs", "1",
                      "--data-dir", str(tmp_path / "data"), "--output", str(output)]) == 0
 
     bench = json.loads(output.read_text())
-    assert bench["duplicates"] == {"recall_all": 1.0}, "the near-duplicate figures, measured apart, are kept"
+    assert bench["duplicates"] == {"recall_all": 1.0} and bench["unfamiliar"] == {"auroc": 1.0}, \
+        "the near-duplicate and guard figures, measured apart, are kept"
     for key in ("pipeline_speedup", "training_vs_ceiling", "fast_sweep_speedup", "peak_rss_gib"):
         assert math.isfinite(bench[key]) and bench[key] > 0, key
     assert bench["pipeline"]["images"] == 100

@@ -92,8 +92,9 @@ def main(argv: list[str] | None = None) -> int:
 
     bench = {"settings": {**vars(args), "data_dir": str(args.data_dir), "output": str(args.output),
                           "run": None if args.run is None else str(args.run)}}
-    if args.output.is_file():  # the near-duplicate figures are measured apart (--duplicates): kept
-        bench.update({key: value for key, value in json.loads(args.output.read_text()).items() if key == "duplicates"})
+    if args.output.is_file():  # the near-duplicate and guard figures are measured apart (--duplicates, --unfamiliar): kept
+        bench.update({key: value for key, value in json.loads(args.output.read_text()).items()
+                      if key in ("duplicates", "unfamiliar")})
     phases = bench["phase_seconds"] = {}  # where the benchmark's own time goes
 
     def timed(phase: str, measure, *measure_args):
