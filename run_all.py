@@ -187,6 +187,7 @@ def cli_overrides(args: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.perf_counter()
+    phases = {}  # where the time goes, said at the end: the demo backbone's pretraining, the runs, ...
     # Imported after parsing, so that --help answers at once.
     from covid_mobilenet.common.config import ConfigError, load_config
     from covid_mobilenet.common.paths import resolve_path
@@ -225,7 +226,9 @@ def main(argv: list[str] | None = None) -> int:
                 raise preflight.SweepError("--holdout-sources: no held-out source leaves its class anything to train on: "
                                            + "; ".join(f"{u['class']} {u['sources']}: {u['reason']}" for u in holdout_plan["untestable"]))
             if mode.demo:
+                pretraining = time.perf_counter()
                 preflight.prepare_demo_backbone(mode, jobs)
+                phases["demo backbone"] = time.perf_counter() - pretraining
     except (ParameterError, ConfigError, DatasetError, WeightsError, preflight.SweepError) as exc:  # ExternalError too
         print(f"run_all.py: {exc}", file=sys.stderr)
         return 2
@@ -267,10 +270,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.backend == "slurm":
         ran = run_in_slurm(args, to_run, results_dir, mode, argv)
     else:
+        running = time.perf_counter()
         ran = run_locally(args, to_run, len(jobs), len(outcomes))
+        phases[f"{len(to_run)} runs ({args.jobs} at once)"] = time.perf_counter() - running
     if isinstance(ran, int):  # interrupted, or submitted without waiting
         return ran
-    return finish(args, mode, config_file, seeds, jobs, outcomes + ran, started, externals)
+    return finish(args, mode, config_file, seeds, jobs, outcomes + ran, started, externals, phases=phases)
 
 
 def progress_bar(total: int, done: int):
@@ -348,7 +353,7 @@ def dry_run(args, to_run, results_dir, mode) -> int:
     return 0
 
 
-def finish(args, mode, config_file, seeds, jobs, outcomes, started, externals=(), partial_ok=True) -> int:
+def finish(args, mode, config_file, seeds, jobs, outcomes, started, externals=(), partial_ok=True, phases=None) -> int:
     """The evaluations on other collections, the summary over what has finished, the closing table, the export; 1
     when anything failed."""
     from covid_mobilenet.common.paths import resolve_path
@@ -363,7 +368,11 @@ def finish(args, mode, config_file, seeds, jobs, outcomes, started, externals=()
     summary = run_summary(mode, config_file, args.kernel, seeds)
     print()
     print(closing_table(outcomes + [audited, *evaluated, summary]))
-    print(f"\ntotal {time.perf_counter() - started:.0f} s; summary: {resolve_path(mode.results_dir) / 'summary.md'}")
+    total = time.perf_counter() - started
+    spent = {**(phases or {}), **{outcome.name: outcome.seconds for outcome in [audited, *evaluated, summary]}}
+    print(f"\ntotal {total:.0f} s: " + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in spent.items())
+          + f", the rest (checks, start-up) {max(total - sum(spent.values()), 0):.0f} s; summary: "
+            f"{resolve_path(mode.results_dir) / 'summary.md'}")
     exported = []
     if args.export:
         exported = [export_best(mode)]

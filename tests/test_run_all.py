@@ -50,7 +50,9 @@ def test_demo_sweep_leaves_every_output(demo_sweep):
     assert summary_notebook.metadata.papermill.parameters["demo"] is True
     assert all(cell.execution_count for cell in summary_notebook.cells if cell.cell_type == "code")
     assert README.read_bytes() == readme_before, "demo mode never touches the README"
-    assert all(f"{name}/seed-42" in first.stdout for name in SWEPT) and "total" in first.stdout
+    assert all(f"{name}/seed-42" in first.stdout for name in SWEPT)
+    assert re.search(rf"total \d+ s: demo backbone \d+ s, {len(SWEPT)} runs \(2 at once\) \d+ s, audit \d+ s, summary "
+                     r"\d+ s, the rest \(checks, start-up\) \d+ s", first.stdout), "where the demo's time went"
 
 
 @pytest.mark.slow
