@@ -140,7 +140,19 @@ EOF
     clusters=$(sacctmgr -n -P list cluster format=cluster)
     grep -qx localcluster <<<"$clusters" || sacctmgr -i add cluster localcluster >/dev/null
 
-    if ! pgrep -x slurmctld >/dev/null; then slurmctld; started slurmctld "$STATE/run/slurmctld.pid"; fi
+    if ! pgrep -x slurmctld >/dev/null; then
+        # A controller numbers jobs on from its saved state, else from FirstJobId. Its state ($STATE) and the
+        # accounting database (MariaDB's own folder) need not survive together: a machine that kept the database
+        # and lost the state numbered jobs from 1 again, and sacct answered for a new job with an old job of the
+        # same number (CANCELLED, so the sweep saw its tasks cancelled at once). So the controller always starts
+        # afresh, past the last job the accounting knows.
+        rm -rf "$STATE/state" && mkdir -p "$STATE/state"
+        local last
+        last=$(mysql -u root -N -e "SELECT COALESCE(MAX(id_job), 0) FROM $DB_NAME.localcluster_job_table" 2>/dev/null) || last=0
+        sed -i '/^FirstJobId=/d' "$CONF_DIR/slurm.conf"
+        echo "FirstJobId=$((${last:-0} + 1))" >> "$CONF_DIR/slurm.conf"
+        slurmctld; started slurmctld "$STATE/run/slurmctld.pid"
+    fi
     if ! pgrep -x slurmd >/dev/null; then slurmd -N "$HOST"; started slurmd "$STATE/run/slurmd.pid"; fi
     wait_for 60 "the node" bash -c "sinfo -h -N -o %T | grep -qx idle"
     wait_for 30 sacct sacct -n -X

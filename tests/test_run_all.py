@@ -233,7 +233,12 @@ def test_fast_sweep_runs_the_backbone_once_for_all_configurations(tiny_root, tmp
     metrics = {name: json.loads((tmp_path / "results" / name / "seed-42" / "metrics.json").read_text()) for name in chosen}
     # two notebooks start at once: one computes the features, the other waits for them and reads
     assert sorted(m["features"]["computed_here"] for m in metrics.values()) == [False, True]
-    assert {m["features"]["cache"] for m in metrics.values()} == {entry.name for entry in (tmp_path / "features").iterdir() if entry.is_dir()}
+    entries = {entry.name for entry in (tmp_path / "features").iterdir() if entry.is_dir()}
+    split_entries = {name for name in entries if "-shown-" not in name}
+    assert {m["features"]["cache"] for m in metrics.values()} == split_entries and len(split_entries) == 1
+    # and the shortcut checks' region images, once for both configurations: lungs removed, blurred, alone
+    assert sorted(name.split("-shown-")[1].rsplit("-", 1)[0] for name in entries - split_entries) == [
+        "lungs", "lungs_blurred", "no_lungs"] and all(name.startswith(next(iter(split_entries))) for name in entries)
     assert all(m["params"]["fast"] and not m["params"]["train_base"] for m in metrics.values())
     assert all(m["model"]["name"].endswith("_head") for m in metrics.values())
     # the saved model takes pixels: the trained head joined to the frozen backbone it was trained on, so on the test
