@@ -47,9 +47,10 @@ def read_external(run, name: str) -> dict | None:
 def external_correctness(run, name: str) -> pd.Series | None:
     """Whether each external image of a class the run knows was answered right (the argmax, as on the test split),
     indexed by its path; None without the evaluation."""
-    predictions = external_dir(run.folder, name) / PREDICTIONS_FILE
-    if not predictions.is_file() or read_external(run, name) is None:
+    folder = external_dir(run.folder, name)
+    if not (folder / PREDICTIONS_FILE).is_file() or not (folder / METRICS_FILE).is_file():  # finished: metrics last
         return None
+    predictions = folder / PREDICTIONS_FILE
     table = pd.read_csv(predictions)
     table = table[table["true"].isin(run.metrics["dataset"]["class_names"])]
     return pd.Series((table["true"] == table["predicted"]).to_numpy(), index=table["path"].to_numpy())
