@@ -75,13 +75,8 @@ class GradCam:
                 x = layer(x)
             activation, x = self.taps(x, training=False)
             logits = self._logits(x)
-            chosen = tf.argmax(logits, axis=1) if classes is None else tf.convert_to_tensor(classes, tf.int64)
-            # Images do not interact in inference mode, so the gradient of the sum is each image's own.
-            score = tf.reduce_sum(tf.gather(logits, chosen, axis=1, batch_dims=1))
-        gradients = tf.cast(tape.gradient(score, activation), tf.float32)
-        weights = tf.reduce_mean(gradients, axis=(1, 2), keepdims=True)
-        cams = tf.nn.relu(tf.reduce_sum(weights * tf.cast(activation, tf.float32), axis=-1))
-        return cams.numpy(), tf.nn.softmax(logits).numpy()
+            score = _class_score(logits, classes)
+        return _heatmaps(tape, score, activation, logits)
 
     @property
     def taps_backbone_output(self) -> bool:
@@ -99,12 +94,8 @@ class GradCam:
         with tf.GradientTape() as tape:
             tape.watch(activation)
             logits = self._logits(activation)
-            chosen = tf.argmax(logits, axis=1) if classes is None else tf.convert_to_tensor(classes, tf.int64)
-            score = tf.reduce_sum(tf.gather(logits, chosen, axis=1, batch_dims=1))
-        gradients = tf.cast(tape.gradient(score, activation), tf.float32)
-        weights = tf.reduce_mean(gradients, axis=(1, 2), keepdims=True)
-        cams = tf.nn.relu(tf.reduce_sum(weights * activation, axis=-1))
-        return cams.numpy(), tf.nn.softmax(logits).numpy()
+            score = _class_score(logits, classes)
+        return _heatmaps(tape, score, activation, logits)
 
     def head_probabilities(self, features, batch_size: int = 256) -> np.ndarray:
         """The model's class probabilities from its backbone's output (cached features), without the backbone."""
@@ -120,6 +111,22 @@ class GradCam:
             logits = tf.matmul(tf.cast(x, tf.float32), tf.cast(last.kernel, tf.float32))
             return logits + tf.cast(last.bias, tf.float32) if last.use_bias else logits
         return tf.cast(last(x, training=False), tf.float32)  # not a softmax: its output is the score
+
+
+def _class_score(logits, classes):
+    """The summed score of each image's class (``classes[i]``, or its predicted class when None). Images do not
+    interact in inference mode, so the gradient of the sum is each image's own."""
+    chosen = tf.argmax(logits, axis=1) if classes is None else tf.convert_to_tensor(classes, tf.int64)
+    return tf.reduce_sum(tf.gather(logits, chosen, axis=1, batch_dims=1))
+
+
+def _heatmaps(tape, score, activation, logits) -> tuple[np.ndarray, np.ndarray]:
+    """Grad-CAM: the activation weighted by its spatially averaged gradient, summed over channels, kept positive;
+    with the class probabilities."""
+    gradients = tf.cast(tape.gradient(score, activation), tf.float32)
+    weights = tf.reduce_mean(gradients, axis=(1, 2), keepdims=True)
+    cams = tf.nn.relu(tf.reduce_sum(weights * tf.cast(activation, tf.float32), axis=-1))
+    return cams.numpy(), tf.nn.softmax(logits).numpy()
 
 
 def upsample(cams: np.ndarray, size: int) -> np.ndarray:
