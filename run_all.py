@@ -227,8 +227,8 @@ def main(argv: list[str] | None = None) -> int:
                                            + "; ".join(f"{u['class']} {u['sources']}: {u['reason']}" for u in holdout_plan["untestable"]))
             if mode.demo:
                 pretraining = time.perf_counter()
-                preflight.prepare_demo_backbone(mode, jobs)
-                phases["demo backbone"] = time.perf_counter() - pretraining
+                if preflight.prepare_demo_backbone(mode, jobs):
+                    phases["demo backbone"] = time.perf_counter() - pretraining
     except (ParameterError, ConfigError, DatasetError, WeightsError, preflight.SweepError) as exc:  # ExternalError too
         print(f"run_all.py: {exc}", file=sys.stderr)
         return 2
@@ -272,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         running = time.perf_counter()
         ran = run_locally(args, to_run, len(jobs), len(outcomes))
-        phases[f"{len(to_run)} runs ({args.jobs} at once)"] = time.perf_counter() - running
+        phases[RUNS_PHASE] = time.perf_counter() - running
     if isinstance(ran, int):  # interrupted, or submitted without waiting
         return ran
     return finish(args, mode, config_file, seeds, jobs, outcomes + ran, started, externals, phases=phases)
@@ -289,6 +289,9 @@ def progress_bar(total: int, done: int):
         tqdm.write(f"{outcome.name}: {outcome.status} in {outcome.seconds:.0f} s; {note}")
 
     return progress, report
+
+
+RUNS_PHASE = "runs"  # the local pool's time, named with its count once the sweep is done
 
 
 def run_locally(args, to_run, total: int, done: int):
@@ -359,7 +362,7 @@ def finish(args, mode, config_file, seeds, jobs, outcomes, started, externals=()
     from covid_mobilenet.common.paths import resolve_path
     from covid_mobilenet.sweep.external import evaluate_external
     from covid_mobilenet.sweep.notebooks import audit_data, export_best, run_summary
-    from covid_mobilenet.sweep.outcomes import closing_table
+    from covid_mobilenet.sweep.outcomes import closing_table, write_timing
 
     order = {job.name: i for i, job in enumerate(jobs)}
     outcomes.sort(key=lambda outcome: order[outcome.name])
@@ -369,7 +372,11 @@ def finish(args, mode, config_file, seeds, jobs, outcomes, started, externals=()
     print()
     print(closing_table(outcomes + [audited, *evaluated, summary]))
     total = time.perf_counter() - started
-    spent = {**(phases or {}), **{outcome.name: outcome.seconds for outcome in [audited, *evaluated, summary]}}
+    phases = phases or {}
+    ran = f"{sum(outcome.status != 'skipped' for outcome in outcomes)} runs ({args.jobs} at once)"
+    spent = {(ran if name == RUNS_PHASE else name): seconds for name, seconds in phases.items()}
+    spent.update({outcome.name: outcome.seconds for outcome in [audited, *evaluated, summary]})
+    write_timing(mode, total, spent, phases.get(RUNS_PHASE), outcomes, len(jobs), "demo backbone" in phases)
     print(f"\ntotal {total:.0f} s: " + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in spent.items())
           + f", the rest (checks, start-up) {max(total - sum(spent.values()), 0):.0f} s; summary: "
             f"{resolve_path(mode.results_dir) / 'summary.md'}")

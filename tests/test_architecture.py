@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import PROJECT, README
+from tests.conftest import PROJECT
 
 PACKAGE = PROJECT / "covid_mobilenet"
 STAGES = ["common", "data", "model", "analysis", "run", "product", "sweep", "bench"]
@@ -119,15 +119,15 @@ def test_the_notebook_and_run_experiment_make_the_same_calls_in_the_same_order()
     assert in_function == in_notebook
 
 
-def test_the_readme_layout_names_every_stage_and_module():
-    text = README.read_text()
+def test_the_contributing_guides_layout_names_every_stage_and_module():
+    text = (PROJECT / "CONTRIBUTING.md").read_text()
     layout = text[text.index("## Layout"):]
     layout = layout[:layout.index("\n## ", 4)] if "\n## " in layout[4:] else layout
     missing = [f"{stage}/" for stage in STAGES if f"{stage}/" not in layout]
     missing += [str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py")
                 if p.name != "__init__.py" and p.stem not in layout]
-    assert not missing, f"the README's Layout section does not name: {missing}"
-    assert "```mermaid" in text[text.index("## Architecture"):], "the README's architecture section draws the stages"
+    assert not missing, f"CONTRIBUTING.md's Layout section does not name: {missing}"
+    assert "```mermaid" in text[text.index("## Architecture"):], "CONTRIBUTING.md's architecture section draws the stages"
 
 
 def test_files_are_published_through_the_one_atomic_helper():

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from covid_mobilenet.bench import cli, sweeps
+from covid_mobilenet.bench import cli, quantization, sweeps
 from covid_mobilenet.common.config import load_config
 from tests.conftest import conflict_images
 
@@ -26,7 +26,7 @@ def test_the_benchmark_measures_and_writes_every_figure(tmp_path, monkeypatch, c
 
     monkeypatch.setattr(sweeps, "run_experiment", recorded)
     # the int8 comparison needs a trained run (test_product covers measure_quantization on one): none here
-    monkeypatch.setattr(cli, "quantization_run", lambda: None)
+    monkeypatch.setattr(quantization, "quantization_run", lambda: None)
     output = tmp_path / "bench.json"
     output.write_text(json.dumps({"duplicates": {"recall_all": 1.0}, "unfamiliar": {"auroc": 1.0}, "pipeline_speedup": -1}))  # an earlier file
     assert cli.main(["--images", "100", "--image-size", "32", "--steps", "1", "--epochs", "1",

@@ -249,8 +249,9 @@ def test_imagenet_weights_without_network_stop_in_the_first_cells(tmp_path, monk
     assert elapsed < 30, elapsed
 
 
-def test_the_colab_setup_cell_takes_the_project_address_from_the_environment_only(tmp_path, monkeypatch):
-    notebook = json.loads((PROJECT / "notebooks" / "mobilenet_finetune.ipynb").read_text())
+@pytest.mark.parametrize("name", ["mobilenet_finetune.ipynb", "summary.ipynb"])
+def test_the_colab_setup_cell_takes_the_project_address_from_the_environment_only(tmp_path, monkeypatch, name):
+    notebook = json.loads((PROJECT / "notebooks" / name).read_text())
     setup = "".join(next(cell for cell in notebook["cells"] if cell["cell_type"] == "code")["source"])
     assert "COVID_MOBILENET_REPOSITORY" in setup and not re.search(r"[\"']https?://", setup), "no address in the code"
     monkeypatch.chdir(tmp_path)  # no checkout here

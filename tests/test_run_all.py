@@ -51,8 +51,13 @@ def test_demo_sweep_leaves_every_output(demo_sweep):
     assert all(cell.execution_count for cell in summary_notebook.cells if cell.cell_type == "code")
     assert README.read_bytes() == readme_before, "demo mode never touches the README"
     assert all(f"{name}/seed-42" in first.stdout for name in SWEPT)
-    assert re.search(rf"total \d+ s: demo backbone \d+ s, {len(SWEPT)} runs \(2 at once\) \d+ s, audit \d+ s, summary "
-                     r"\d+ s, the rest \(checks, start-up\) \d+ s", first.stdout), "where the demo's time went"
+    said = re.search(rf"total \d+ s: (demo backbone \d+ s, )?{len(SWEPT)} runs \(2 at once\) \d+ s, audit \d+ s, summary "
+                     r"\d+ s, the rest \(checks, start-up\) \d+ s", first.stdout)
+    assert said, "where the demo's time went"
+    timing = json.loads((results / "timing.json").read_text())  # what `benchmark --demo-timing` records
+    assert timing["demo"] and not timing["fast"] and timing["runs"] == timing["configurations"] == len(SWEPT)
+    assert timing["backbone_pretrained"] == bool(said[1]) and 0 < timing["runs_seconds"] < timing["total_seconds"]
+    assert list(timing["phases"])[-3:] == [f"{len(SWEPT)} runs (2 at once)", "audit", "summary"]
 
 
 @pytest.mark.slow

@@ -72,15 +72,15 @@ def test_a_saved_guard_loads_to_the_same_scores_and_bad_input_is_named(tmp_path)
         unfamiliar.fit(train, labels, train, "odin")
 
 
-def test_the_readmes_guard_table_is_the_one_benchmark_json_holds():
+def test_the_guard_pages_table_is_the_one_benchmark_json_holds():
     import json
 
-    from covid_mobilenet.bench.unfamiliar import README_MARKERS, readme_block
-    from covid_mobilenet.common.paths import BENCH_FILE, README_FILE
+    from covid_mobilenet.bench.unfamiliar import GUARD_PAGE, PAGE_MARKERS, page_block
+    from covid_mobilenet.common.paths import BENCH_FILE
 
-    text = README_FILE.read_text()
-    shown = text[text.index(README_MARKERS[0]) + len(README_MARKERS[0]):text.index(README_MARKERS[1])].strip()
-    assert shown == readme_block(json.loads(BENCH_FILE.read_text())["unfamiliar"]), \
+    text = GUARD_PAGE.read_text()
+    shown = text[text.index(PAGE_MARKERS[0]) + len(PAGE_MARKERS[0]):text.index(PAGE_MARKERS[1])].strip()
+    assert shown == page_block(json.loads(BENCH_FILE.read_text())["unfamiliar"]), \
         "rerun `python -m covid_mobilenet.benchmark --unfamiliar`: it writes both"
 
 

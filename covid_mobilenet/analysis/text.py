@@ -116,10 +116,13 @@ def _setting(column: str, value) -> str:
     return f"{value:.0e}".replace("e-0", "e-") if column == "Learning Rate" else str(int(value))
 
 
+STUDY_PAGE = "docs/original-study.md"  # the study's reported table, beside what it did and what this project changed
+
+
 def readme_section(table: pd.DataFrame, collected: dict[str, list[ExperimentResult]], body: list[str], graph_path: str,
                    *, fast: bool = False) -> str:
-    """The README's results section: measured rows when real runs exist, else the study's reference table
-    (for the frozen-backbone experiment, which the study never ran: how to fill it)."""
+    """The README's results section: measured rows when real runs exist, else how to fill it (and where the study's
+    reported table is; the frozen-backbone experiment the study never ran)."""
     done = [run for runs in collected.values() for run in runs if run.status == "done"]
     if not done and fast:
         return "\n".join([
@@ -128,11 +131,9 @@ def readme_section(table: pd.DataFrame, collected: dict[str, list[ExperimentResu
         ])
     if not done:
         return "\n".join([
-            "No run on the real data has been recorded in this repository yet: the table below is what the",
-            "original study reported, not a result of this project. `python run_all.py` on the real data",
+            "No run on the real data has been recorded in this repository yet. What the original study reported is in",
+            f"[{STUDY_PAGE}]({STUDY_PAGE}), not a result of this project. `python run_all.py` on the real data",
             "fills this section from the `metrics.json` of each run.",
-            "",
-            reference_table(table),
         ])
     configurations = sum(any(run.status == "done" for run in runs) for runs in collected.values())
     if fast:
@@ -209,7 +210,7 @@ def claim_lines(verdicts: list[dict], table: pd.DataFrame | None, baseline: str,
 
 
 def reference_table(table: pd.DataFrame) -> str:
-    """The study's reported numbers alone, converted to honest units."""
+    """The study's reported numbers alone, converted to honest units (``docs/original-study.md`` shows them)."""
     lines = [
         "| Model | Hidden Layer | Dense Count | Learning Rate | Study test accuracy | Study table accuracy | Study training time |",
         "| :-- | :-: | :-: | :-: | :-: | :-: | :-: |",

@@ -29,6 +29,8 @@ It prints a table and writes ``results/bench.json`` with:
   time, the backbone's pass, the heads' training, and the largest peak memory of its notebook kernels;
 - ``duplicates`` (``--duplicates``, ``bench/duplicates.py``): recall on known near-copies and false matches among
   known distinct films, and the seconds to fingerprint and group the 21,165-image set, first and cached;
+- ``demo`` and ``demo_fast`` (``--demo-timing``): the first ``run_all.py --demo`` (and ``--demo --fast``) as it timed
+  itself (``results/demo/timing.json``), with this machine's reference speed measured beside it;
 - ``unfamiliar`` (``--unfamiliar``, ``bench/unfamiliar.py``): both scores of the unfamiliar-image guard on one trained
   run (``--run``, chosen as for the int8 figures): AUROC between its test images and real films, and non-radiographs,
   the share flagged, fitting seconds and file size; predict's time per image with and without the guard;
@@ -39,23 +41,22 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
+from ..common import figures
+from ..common import machine as this_machine
+from ..common.files import write_json
+from ..common.paths import BENCH_FILE, PROJECT_ROOT
+
+# TensorFlow and the measurements are imported once the arguments are read: --help answers at once, without its logs.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-import tensorflow as tf  # noqa: E402
-
-from ..common import machine as this_machine  # noqa: E402
-from ..common.files import write_json  # noqa: E402
-from ..common.paths import BENCH_FILE, PROJECT_ROOT  # noqa: E402
-from ..data.demo import demo_dataset_complete, generate_demo_dataset  # noqa: E402
-from ..data.scan import scan_dataset  # noqa: E402
-from .quantization import measure_quantization, quantization_run  # noqa: E402
-from .sweeps import FULL_SIZE_IMAGES, measure_fast_sweep, measure_full_size  # noqa: E402
-from .throughput import measure_pipeline, measure_precision, measure_training  # noqa: E402
+FULL_SIZE_IMAGES = 21_165  # the real release's size
 
 DATA_DIR = PROJECT_ROOT / "data" / "bench"
+DEMO_TIMING = PROJECT_ROOT / "results" / "demo" / "timing.json"
+KEPT = ("duplicates", "unfamiliar", "demo", "demo_fast")  # measured apart, by their own options: a full run keeps them
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=2000, help="generated 299x299 PNG images (default: %(default)s)")
     parser.add_argument("--image-size", type=int, default=224, help="image side the models see (default: %(default)s, the study's)")
-    parser.add_argument("--batch-size", type=int, default=32, help="(default: %(default)s, the study's)")
+    parser.add_argument("--batch-size", type=int, default=32, help="images per training batch (default: %(default)s, the study's)")
     parser.add_argument("--steps", type=int, default=8, help="training steps per timed epoch of the ceiling comparison (default: %(default)s)")
     parser.add_argument("--epochs", type=int, default=2, help="epochs of each configuration in the fast-sweep comparison (default: %(default)s)")
     parser.add_argument("--full-size", action="store_true",
@@ -75,8 +76,12 @@ def main(argv: list[str] | None = None) -> int:
                         "on a trained run (--run) and add them to the output file")
     parser.add_argument("--unfamiliar-images", type=Path, default=None, help="a folder of real films the run never saw, "
                         "for --unfamiliar (default: the tests' real films, tests/real_films)")
+    parser.add_argument("--demo-timing", type=Path, nargs="?", const=DEMO_TIMING, metavar="TIMING_JSON",
+                        help="record the first demo's time, as run_all.py --demo wrote it (default: %(const)s; "
+                             "results/demo/fast/timing.json for --demo --fast), beside this machine's reference speed")
     parser.add_argument("--data-dir", type=Path, default=DATA_DIR, help="where the generated sets go (default: %(default)s)")
-    parser.add_argument("--output", type=Path, default=BENCH_FILE, help="(default: %(default)s)")
+    parser.add_argument("--output", type=Path, default=BENCH_FILE, help="the JSON file the figures go to; the project's "
+                        "own (the default, %(default)s) also rewrites the figures the README and docs quote")
     parser.add_argument("--run", type=Path, help="the trained run whose LiteRT exports are compared (default: the best "
                                                  "finished real run, else the best demo run)")
     args = parser.parse_args(argv)
@@ -84,6 +89,13 @@ def main(argv: list[str] | None = None) -> int:
         return measure_duplicates(args)
     if args.unfamiliar:
         return measure_guard(args)
+    if args.demo_timing:
+        return record_demo_timing(args)
+
+    from ..data.scan import scan_dataset
+    from .quantization import measure_quantization, quantization_run
+    from .sweeps import measure_fast_sweep, measure_full_size
+    from .throughput import measure_pipeline, measure_precision, measure_training
 
     started = time.perf_counter()
     root = ensure_data(args.data_dir / f"{args.images}", args.images)
@@ -94,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
                           "run": None if args.run is None else str(args.run)}}
     if args.output.is_file():  # the near-duplicate and guard figures are measured apart (--duplicates, --unfamiliar): kept
         bench.update({key: value for key, value in json.loads(args.output.read_text()).items()
-                      if key in ("duplicates", "unfamiliar")})
+                      if key in KEPT})
     phases = bench["phase_seconds"] = {}  # where the benchmark's own time goes
 
     def timed(phase: str, measure, *measure_args):
@@ -122,11 +134,10 @@ def main(argv: list[str] | None = None) -> int:
         full_root = timed("full_size_data", ensure_data, args.data_dir / "full", FULL_SIZE_IMAGES)
         bench["full_size"] = timed("full_size", measure_full_size, full_root, args.image_size)
         bench["seconds"] = time.perf_counter() - started
-        write_json(args.output, bench)
     print("\n" + table(bench))
     print("time: " + ", ".join(f"{phase} {seconds:.0f} s" for phase, seconds in phases.items())
-          + f"; total {bench['seconds']:.0f} s")
-    print(f"\nwritten to {args.output}")
+          + f"; total {bench['seconds']:.0f} s\n")
+    publish(bench, args.output)
     return 0
 
 
@@ -140,16 +151,15 @@ def measure_duplicates(args) -> int:
           f"{figures['false_matches']} false matches in {figures['distinct_pairs']:,} pairs of different films")
     figures["full_size"] = grouping_time(ensure_data(args.data_dir / "full", FULL_SIZE_IMAGES))
     bench["duplicates"] = {**figures, "machine": machine()}
-    write_json(args.output, bench)
-    print(f"written to {args.output}")
+    publish(bench, args.output)
     return 0
 
 
 def measure_guard(args) -> int:
     """``--unfamiliar``: the unfamiliar-image guard's figures, added to the output file beside the others."""
-    from ..common.paths import README_FILE
     from ..common.readme import replace_readme_section
-    from .unfamiliar import README_MARKERS, REAL_FILMS, measure_unfamiliar, readme_block
+    from .quantization import quantization_run
+    from .unfamiliar import GUARD_PAGE, PAGE_MARKERS, REAL_FILMS, measure_unfamiliar, page_block
     from .unfamiliar import table as guard_table
 
     bench = json.loads(args.output.read_text()) if args.output.is_file() else {}
@@ -158,16 +168,68 @@ def measure_guard(args) -> int:
     if "skipped" in figures:
         return 1
     bench["unfamiliar"] = {**figures, "machine": machine()}
-    write_json(args.output, bench)
-    print(f"written to {args.output}")
+    publish(bench, args.output)
     if args.output.resolve() == BENCH_FILE.resolve() and replace_readme_section(
-            README_FILE, readme_block(bench["unfamiliar"]), README_MARKERS):
-        print(f"updated the guard's table in {README_FILE}")
+            GUARD_PAGE, page_block(bench["unfamiliar"]), PAGE_MARKERS):
+        print(f"updated the guard's table in {GUARD_PAGE}")
     return 0
+
+
+def publish(bench: dict, output: Path) -> None:
+    """bench.json written; when it is the project's own, every figure the README and the docs quote follows it."""
+    write_json(output, bench)
+    print(f"written to {output}")
+    if output.resolve() == BENCH_FILE.resolve():
+        for page in figures.refresh_all(bench):
+            print(f"updated the quoted figures in {page}")
+
+
+def record_demo_timing(args) -> int:
+    """``--demo-timing``: the first demo's own timing (``run_all.py --demo`` writes it) into the output file, beside
+    this machine's reference speed (the same measurement as ``training.ceiling``), so that its seconds can be compared
+    across machines."""
+    source = args.demo_timing
+    try:
+        timing = json.loads(source.read_text())
+    except (OSError, ValueError) as exc:
+        print(f"benchmark: cannot read the demo's timing {source} ({exc}); run `python run_all.py --demo` first, "
+              "from a fresh clone: it writes the file at its end.", file=sys.stderr)
+        return 2
+    problem = demo_timing_problem(timing)
+    if problem:
+        print(f"benchmark: {source}: {problem}", file=sys.stderr)
+        return 2
+    from ..data.scan import scan_dataset
+    from .throughput import measure_training
+
+    root = ensure_data(args.data_dir / f"{args.images}", args.images)
+    training, _ = measure_training(scan_dataset(root), args.image_size, args.batch_size, args.steps)
+    bench = json.loads(args.output.read_text()) if args.output.is_file() else {}
+    key = "demo_fast" if timing["fast"] else "demo"
+    bench[key] = {**timing, "reference_speed": training["ceiling"], "machine": machine()}
+    print(f"{key}: {timing['total_seconds']:.0f} s at {timing['git_commit'][:7]}, on a machine training "
+          f"{training['ceiling']:.1f} images/s (the benchmark's reference)")
+    publish(bench, args.output)
+    return 0
+
+
+def demo_timing_problem(timing: dict) -> str | None:
+    """Why a sweep's timing is not a first demo's (None when it is): only a demo that ran every configuration, and
+    without --fast pretrained its backbone, measures what a new user waits for."""
+    if not timing.get("demo"):
+        return "not a demo sweep's timing; the figure is the demo's (python run_all.py --demo)."
+    if timing["runs"] < timing["configurations"]:
+        return (f"only {timing['runs']} of its {timing['configurations']} runs ran (the others were finished already); "
+                "time the first demo from a fresh clone.")
+    if not timing["fast"] and not timing["backbone_pretrained"]:
+        return "the demo backbone was cached already; time the first demo from a fresh clone."
+    return None
 
 
 def ensure_data(root: Path, images: int) -> Path:
     """A generated set of ``images`` 299x299 PNGs in the real layout (masks included), reused when complete."""
+    from ..data.demo import demo_dataset_complete, generate_demo_dataset
+
     root = root / "COVID-19_Radiography_Dataset"
     if not demo_dataset_complete(root, images):
         print(f"Generating {images} images in {root}")
@@ -177,6 +239,8 @@ def ensure_data(root: Path, images: int) -> Path:
 
 def machine() -> dict:
     """The machine the figures were measured on: CPU, cores, GPUs, versions."""
+    import tensorflow as tf
+
     env = this_machine.environment()
     gpus = [tf.config.experimental.get_device_details(gpu).get("device_name", gpu.name) for gpu in tf.config.list_physical_devices("GPU")]
     return {"cpu": this_machine.cpu_name(), "cpu_count": os.cpu_count(), "gpus": gpus,

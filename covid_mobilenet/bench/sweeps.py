@@ -18,9 +18,6 @@ from ..common.run_layout import METRICS_FILE, seed_folder
 from ..run.params import notebook_defaults
 from ..run.steps import run_experiment
 
-FULL_SIZE_IMAGES = 21_165
-
-
 def measure_fast_sweep(root: Path, image_size: int, batch_size: int, epochs: int) -> dict:
     """The seven configurations with a frozen backbone: trained end to end, then through the feature cache.
 

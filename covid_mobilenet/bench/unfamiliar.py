@@ -18,12 +18,13 @@ import numpy as np
 import pandas as pd
 
 from ..analysis import unfamiliar
-from ..common.paths import PROJECT_ROOT
+from ..common.paths import DOCS_DIR, PROJECT_ROOT
 from ..common.run_layout import METRICS_FILE, split_file_name
 from ..product.predict import decode, image_files, load_trained
 
 REAL_FILMS = PROJECT_ROOT / "tests" / "real_films"
-README_MARKERS = ("<!-- unfamiliar:start -->", "<!-- unfamiliar:end -->")  # the README's table, from bench.json
+PAGE_MARKERS = ("<!-- unfamiliar:start -->", "<!-- unfamiliar:end -->")  # the guard page's table, from bench.json
+GUARD_PAGE = DOCS_DIR / "unfamiliar.md"
 
 
 def non_radiographs(folder: Path) -> list[Path]:
@@ -178,8 +179,8 @@ def table(figures: dict) -> str:
     return "\n".join(lines)
 
 
-def readme_block(figures: dict) -> str:
-    """The README's table of the guard's two scores, from bench.json's ``unfamiliar`` (``--unfamiliar`` writes it)."""
+def page_block(figures: dict) -> str:
+    """The guard page's table of its two scores, from bench.json's ``unfamiliar`` (``--unfamiliar`` writes it)."""
     unseen = figures["unseen"]
     run = Path(figures["run"])
     lines = [f"Measured by `python -m covid_mobilenet.benchmark --unfamiliar` on {'the demo' if figures['demo'] else 'a real'} "

@@ -34,7 +34,7 @@ def environment() -> dict:
         "platform": platform.platform(),
         "device": device,
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),  # which GPU run_all.py --jobs gave this run
-        "git_commit": _git_commit(),
+        "git_commit": git_commit(),
     }
 
 
@@ -53,7 +53,7 @@ def cpuinfo(field: str) -> str | None:
     return None
 
 
-def _git_commit() -> str | None:
+def git_commit() -> str | None:
     """HEAD's commit, with '-dirty' when tracked code differs from it; None outside a git checkout."""
     try:
         commit = subprocess.run(

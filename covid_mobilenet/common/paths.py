@@ -8,6 +8,7 @@ EXPERIMENT_NOTEBOOK = PROJECT_ROOT / "notebooks" / "mobilenet_finetune.ipynb"
 SUMMARY_NOTEBOOK = PROJECT_ROOT / "notebooks" / "summary.ipynb"
 CONFIG_FILE = PROJECT_ROOT / "experiments.json"
 README_FILE = PROJECT_ROOT / "README.md"
+DOCS_DIR = PROJECT_ROOT / "docs"  # the pages the README links to; some hold generated sections too
 BENCH_FILE = PROJECT_ROOT / "results" / "bench.json"  # written by the benchmark, read by precision="auto"
 
 

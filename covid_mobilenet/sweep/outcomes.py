@@ -1,12 +1,18 @@
 """What happened to each run of a sweep, and the closing table that says it."""
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..analysis.results import read_result
 from ..analysis.text import format_duration
-from .plan import Job
+from ..common.files import write_json
+from ..common.machine import git_commit
+from ..common.paths import resolve_path
+from .plan import Job, Mode
+
+TIMING_FILE = "timing.json"  # in the sweep's results folder: where its time went (the demo's is quoted from it)
 
 
 @dataclass
@@ -33,3 +39,17 @@ def closing_table(outcomes: list[Outcome]) -> str:
 def metrics_accuracy(job: Job) -> float | None:
     result = read_result(job.run_dir)
     return result.metrics["test"]["accuracy"] if result.status == "done" else None
+
+
+def write_timing(mode: Mode, total: float, phases: dict[str, float], runs_seconds: float | None, outcomes: list[Outcome],
+                 configurations: int, backbone_pretrained: bool) -> Path:
+    """The sweep's own timing, ``<results>/timing.json``: the total, each phase, how many runs it ran of how many,
+    and whether it pretrained the demo backbone (``benchmark --demo-timing`` records a first demo's from it)."""
+    path = resolve_path(mode.results_dir) / TIMING_FILE
+    write_json(path, {
+        "total_seconds": total, "phases": phases, "runs_seconds": runs_seconds,
+        "runs": sum(outcome.status != "skipped" for outcome in outcomes), "configurations": configurations,
+        "demo": mode.demo, "fast": mode.fast, "backbone_pretrained": backbone_pretrained,
+        "git_commit": git_commit(), "date": time.strftime("%Y-%m-%d"),
+    })
+    return path

@@ -39,17 +39,21 @@ def prepare_demo_data(mode: Mode, config: dict, say: Callable[[str], None] = pri
         generate_demo_dataset(root, images=images, seed=demo_config.get("seed", 0))
 
 
-def prepare_demo_backbone(mode: Mode, jobs: list[Job], say: Callable[[str], None] = print) -> None:
-    """Pretrain the demo backbone for every image size the jobs load it at, when it is not cached yet. After the
-    preflight: a minute of pretraining is not spent on a sweep that its data or folders would stop."""
+def prepare_demo_backbone(mode: Mode, jobs: list[Job], say: Callable[[str], None] = print) -> int:
+    """Pretrain the demo backbone for every image size the jobs load it at, when it is not cached yet; how many it
+    pretrained. After the preflight: a minute of pretraining is not spent on a sweep that its data or folders would stop."""
+    pretrained = 0
     if mode.backbone is None:
-        return
+        return pretrained
     for image_size in sorted({job.params["image_size"] for job in jobs}):
-        if str(demo_backbone.weights_path(mode.backbone, image_size)) in {job.params["weights"] for job in jobs}:
+        weights = demo_backbone.weights_path(mode.backbone, image_size)
+        if str(weights) in {job.params["weights"] for job in jobs}:
+            pretrained += not demo_backbone.is_complete(weights)
             try:
                 demo_backbone.ensure_backbone(mode.backbone, image_size, say=say)
             except demo_backbone.BackboneError as exc:
                 raise SweepError(str(exc)) from None
+    return pretrained
 
 
 def preflight(jobs: list[Job], mode: Mode, say: Callable[[str], None] = print, holdout_plan: dict | None = None) -> list[Job]:
