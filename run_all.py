@@ -344,7 +344,8 @@ def run_in_slurm(args, to_run, results_dir, mode, argv):
 
 
 def dry_run(args, to_run, results_dir, mode) -> int:
-    """--dry-run: what would run, and with --backend slurm the exact batch script; nothing is changed."""
+    """--dry-run: what would run, with --backend slurm the exact batch script, and what would stop it (the data, the
+    weights; status 2); nothing is changed."""
     print(f"--dry-run: {len(to_run)} run{'s' if len(to_run) != 1 else ''} would run"
           f"{' as one Slurm job array' if args.backend == 'slurm' and len(to_run) > 1 else ''}: "
           f"{', '.join(job.name for job in to_run) or 'none'}")
@@ -353,6 +354,13 @@ def dry_run(args, to_run, results_dir, mode) -> int:
 
         print("\nThe batch script (task i runs the i-th run above):\n")
         print(slurm.batch_script(to_run, results_dir, slurm_options(args), mode.name))
+    from covid_mobilenet.sweep.preflight import dry_run_problems
+
+    problems = dry_run_problems(to_run, mode)
+    if problems:
+        print(f"run_all.py: --dry-run: {'these runs' if len(to_run) > 1 else 'this run'} could not start:\n"
+              + "\n".join(f"  {problem}" for problem in problems), file=sys.stderr)
+        return 2
     return 0
 
 

@@ -138,9 +138,17 @@ def test_fast_mode_shortcut_checks_come_from_the_cache_and_equal_the_passes_over
     first = steps.run_experiment(frozen_params(tmp_path, tiny_root, experiment="one", fast=True, weights=str(backbone_file)))
     assert sorted(region for _, region in written) == ["full", "lungs", "lungs_blurred", "no_lungs"]
     written.clear()
-    steps.run_experiment(frozen_params(tmp_path, tiny_root, experiment="two", fast=True, hidden_layers=2,
-                                       weights=str(backbone_file)))
+
+    def student_head(x, num_classes, hidden_layers, dense_units, dropout, seed):  # a head changed in the notebook
+        x = keras.layers.GlobalAveragePooling2D(name="student_pooling")(x)
+        return keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name="predictions")(x)
+
+    second = steps.run_experiment(frozen_params(tmp_path, tiny_root, experiment="two", fast=True, hidden_layers=2,
+                                                weights=str(backbone_file)), head=student_head)
     assert written == [], "the second configuration reads every feature the first computed"
+    saved = keras.saving.load_model(second.paths["model"])
+    assert "student_pooling" in [layer.name for layer in saved.layers], "the changed head is the one trained and saved"
+    assert second.metrics["shortcuts"]["gradcam"], "and checked"
 
     params = first.params
     passes = analyse(first.whole, first.data.root, first.predictions["test"], first.data.class_names,

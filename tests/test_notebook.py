@@ -262,3 +262,45 @@ def test_the_colab_setup_cell_takes_the_project_address_from_the_environment_onl
     # Nothing else claims an address for the project that may not resolve.
     for path in [PROJECT / "README.md", *(PROJECT / "notebooks").glob("*.ipynb")]:
         assert "github.com/covid-mobilenet" not in path.read_text(), path
+
+
+def notebook_cell(source_contains: str) -> str:
+    notebook = json.loads((PROJECT / "notebooks" / "mobilenet_finetune.ipynb").read_text())
+    return next("".join(cell["source"]) for cell in notebook["cells"]
+                if cell["cell_type"] == "code" and source_contains in "".join(cell["source"]))
+
+
+def test_the_notebooks_visible_model_is_the_packages_own():
+    """The head a student reads and may change in the notebook, and its compile call, are the package's: same layers,
+    same initial weights, same optimizer, loss and metrics (what run_experiment builds)."""
+    import ast
+
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from covid_mobilenet.model.architecture import build_head, build_model, compile_model
+
+    namespace = {"keras": keras}
+    exec(compile(notebook_cell("def study_head("), "head cell", "exec"), namespace)
+    settings = dict(image_size=32, hidden_layers=2, dense_units=8, dropout=0.5, weights=None, train_base=True, seed=7)
+    shown, package = (build_model(4, **settings, head=head) for head in (namespace["study_head"], None))
+    assert [layer.get_config() for layer in shown.layers[3:]] == [layer.get_config() for layer in package.layers[3:]]
+    assert all(np.array_equal(a, b) for a, b in zip(shown.get_weights(), package.get_weights()))
+    features = {key: settings[key] for key in ("hidden_layers", "dense_units", "dropout", "seed")}
+    heads = [build_head((1, 1, 1024), 4, **features, head=head) for head in (namespace["study_head"], None)]
+    assert all(np.array_equal(a, b) for a, b in zip(heads[0].get_weights(), heads[1].get_weights())), "fast mode too"
+
+    compile_cell = ast.parse(notebook_cell("model.compile("))
+    compile_block = next(node for node in compile_cell.body if isinstance(node, ast.With))
+    runtime = type("Runtime", (), {"strategy": tf.distribute.get_strategy()})()
+    exec(compile(ast.Module([compile_block], []), "compile cell", "exec"),
+         {"keras": keras, "model": shown, "runtime": runtime, "learning_rate": 3e-5, "jit_compile": False})
+    compile_model(package, 3e-5)
+    assert type(shown.optimizer) is type(package.optimizer) is keras.optimizers.Adam
+    unnamed = [{**optimizer.get_config(), "name": None} for optimizer in (shown.optimizer, package.optimizer)]
+    assert unnamed[0] == unnamed[1], "the same Adam (Keras numbers the second one's name)"
+    assert type(shown.loss) is type(package.loss) and shown.loss.get_config() == package.loss.get_config()
+    configs = [{key: value for key, value in model.get_compile_config().items() if key != "optimizer"}
+               for model in (shown, package)]
+    assert configs[0] == configs[1], "loss, metrics, XLA and the rest of compile's arguments"

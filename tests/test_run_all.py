@@ -382,3 +382,26 @@ def test_export_after_a_sweep_ships_the_best_run(own_sweep, tiny_root):
     for name in ("model_float32.tflite", "model_float16.tflite", "model_int8.tflite", "export.json", "MODEL_CARD.md"):
         assert (folder / name).is_file(), name
     assert json.loads((folder / "export.json").read_text())["demo"] is True
+
+
+def test_a_dry_run_says_what_would_stop_the_runs_and_exits_non_zero(tmp_path, tiny_root, monkeypatch):
+    """No data, no weights: named, status 2; the demo's missing set and backbone are what it would make, status 0."""
+    from covid_mobilenet.model import weights
+
+    monkeypatch.delenv("KAGGLE_USERNAME", raising=False)
+    monkeypatch.delenv("KAGGLE_KEY", raising=False)
+    monkeypatch.setattr(weights, "keras_cache_dirs", lambda: [tmp_path / "keras"])
+    monkeypatch.setattr(weights.socket, "create_connection", lambda *a, **k: (_ for _ in ()).throw(OSError("offline")))
+    missing = run_all_here("--dry-run", "--only", "mn_resultset1", "--data-dir", str(tmp_path / "nowhere"),
+                           "--results-dir", str(tmp_path / "results"))
+    assert missing.returncode == 2, missing.stdout + missing.stderr
+    assert "1 run would run" in missing.stdout and str(tmp_path / "nowhere") in missing.stderr
+    assert "mobilenet_1_0_224_tf_no_top.h5" in missing.stderr and "offline" in missing.stderr
+    bad_weights = run_all_here("--dry-run", "--only", "mn_resultset1", "--data-dir", str(tiny_root), "--demo",
+                               "--set", f"weights={tmp_path / 'no.h5'}", *folders(tmp_path, tiny_root)[:4])
+    assert bad_weights.returncode == 2 and f"names the file {tmp_path / 'no.h5'}, which does not exist" in bad_weights.stderr
+    demo = run_all_here("--demo", "--dry-run", "--only", "mn_resultset1", "--results-dir", str(tmp_path / "demo"),
+                        "--graph-dir", str(tmp_path / "Graph"), "--data-dir", str(tmp_path / "demo-data"))
+    assert demo.returncode == 0, demo.stderr
+    assert f"the demo set would be generated in {tmp_path / 'demo-data'}" in demo.stdout
+    assert not (tmp_path / "demo-data").exists() and not (tmp_path / "demo").exists(), "a dry run writes nothing"

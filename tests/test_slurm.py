@@ -106,9 +106,11 @@ def test_demo_defaults_ask_for_no_gpu_and_real_runs_for_one(tmp_path, tiny_root)
     demo = run_all_here("--demo", *folders(tmp_path, tiny_root), "--only", "mn_resultset1", "--backend", "slurm", "--dry-run")
     assert "--gpus-per-node" not in demo.stdout and "#SBATCH --mem=4G" in demo.stdout and "#SBATCH --time=30" in demo.stdout
     assert "--array" not in demo.stdout, "a single run is a plain job"
-    real = run_all_here("--only", "mn_resultset1", "--backend", "slurm", "--dry-run", "--results-dir", str(tmp_path / "real"))
-    assert real.returncode == 0, real.stderr
+    real = run_all_here("--only", "mn_resultset1", "--backend", "slurm", "--dry-run", "--results-dir", str(tmp_path / "real"),
+                        "--data-dir", str(tmp_path / "no-data"), "--set", "weights=None")
     assert "#SBATCH --gpus-per-node=1" in real.stdout and "#SBATCH --mem=32G" in real.stdout and "#SBATCH --time=120" in real.stdout
+    assert real.returncode == 2 and "this run could not start" in real.stderr and str(tmp_path / "no-data") in real.stderr, \
+        "the script is shown, and what would stop the run is said"
 
 
 @pytest.mark.parametrize("args, message", [

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import os
 import platform
-import subprocess
 import sys
 from pathlib import Path
 
-from .paths import PROJECT_ROOT
+from .revision import git_commit
 
 
 def environment() -> dict:
@@ -51,21 +50,6 @@ def cpuinfo(field: str) -> str | None:
     except OSError:
         pass
     return None
-
-
-def git_commit() -> str | None:
-    """HEAD's commit, with '-dirty' when tracked code differs from it; None outside a git checkout."""
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10, check=True
-        ).stdout.strip()
-        changed = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no", "--", "covid_mobilenet", "notebooks"],
-            cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10, check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return commit + ("-dirty" if changed else "")
 
 
 def peak_rss_gib() -> float | None:

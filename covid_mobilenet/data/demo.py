@@ -43,6 +43,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from ..common.config import load_config
 from ..common.files import write_atomic
 from ..common.paths import PROJECT_ROOT
 from .duplicates import TRANSFORMS, near_copy
@@ -281,8 +282,11 @@ def main(argv: list[str] | None = None) -> None:
         description="Write a synthetic data set in the COVID-19 Radiography Database layout.",
     )
     parser.add_argument("--out", type=Path, default=DEFAULT_DEMO_DIR, help="data set root to write (default: %(default)s)")
-    parser.add_argument("--images", type=int, default=DEFAULT_IMAGES, help="total number of images (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed; the same seed writes the same files (default: %(default)s)")
+    demo = load_config()["demo"]  # by default, the set run_all.py --demo trains on
+    parser.add_argument("--images", type=int, default=demo["images"],
+                        help="total number of images (default: %(default)s, as run_all.py --demo)")
+    parser.add_argument("--seed", type=int, default=demo["seed"],
+                        help="random seed; the same seed writes the same files (default: %(default)s, as run_all.py --demo)")
     parser.add_argument("--image-size", type=int, default=IMAGE_SIZE, help="side of each image in pixels (default: %(default)s, as the real set)")
     args = parser.parse_args(argv)
     if args.images < 16:

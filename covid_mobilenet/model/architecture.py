@@ -10,9 +10,13 @@ run's ``seed`` only, so they do not depend on whether a backbone was built first
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import keras
 
 from .weights import WeightsError
+
+Head = Callable[..., object]  # (features, num_classes, hidden_layers, dense_units, dropout, seed) -> class probabilities
 
 
 def build_model(
@@ -26,8 +30,10 @@ def build_model(
     train_base: bool,
     seed: int,
     batchnorm_momentum: float | None = None,
+    head: Head | None = None,
 ) -> keras.Model:
-    """MobileNet - Flatten - hidden_layers x (Dense(dense_units, relu), Dropout) - Dense(num_classes, softmax)."""
+    """MobileNet - Flatten - hidden_layers x (Dense(dense_units, relu), Dropout) - Dense(num_classes, softmax): the
+    study's head (``study_head``), or ``head`` called with the same arguments (the notebook shows and may change it)."""
     backbone = build_backbone(image_size, weights, seed)
     if batchnorm_momentum is not None:
         for layer in backbone.layers:
@@ -39,16 +45,17 @@ def build_model(
     x = keras.layers.Rescaling(1 / 127.5, offset=-1, name="mobilenet_preprocessing")(inputs)
     # A frozen backbone runs its BatchNorm in inference mode, as in Keras' transfer-learning guide.
     x = backbone(x, training=None if train_base else False)
-    outputs = _head(x, num_classes, hidden_layers, dense_units, dropout, seed)
+    outputs = (head or study_head)(x, num_classes, hidden_layers, dense_units, dropout, seed)
     return keras.Model(inputs, outputs, name=model_name(hidden_layers, dense_units))
 
 
 def build_head(
-    feature_shape: tuple[int, ...], num_classes: int, *, hidden_layers: int, dense_units: int, dropout: float, seed: int
+    feature_shape: tuple[int, ...], num_classes: int, *, hidden_layers: int, dense_units: int, dropout: float, seed: int,
+    head: Head | None = None,
 ) -> keras.Model:
     """The layers after the backbone alone, taking its (float16) features: what a frozen-backbone run trains."""
     inputs = keras.Input(tuple(feature_shape), dtype="float16", name="features")
-    outputs = _head(inputs, num_classes, hidden_layers, dense_units, dropout, seed)
+    outputs = (head or study_head)(inputs, num_classes, hidden_layers, dense_units, dropout, seed)
     return keras.Model(inputs, outputs, name=f"{model_name(hidden_layers, dense_units)}_head")
 
 
@@ -65,7 +72,10 @@ def model_name(hidden_layers: int, dense_units: int) -> str:
     return f"mobilenet_F{''.join(f'_D{dense_units}' for _ in range(hidden_layers))}"
 
 
-def _head(x, num_classes: int, hidden_layers: int, dense_units: int, dropout: float, seed: int):
+def study_head(x, num_classes: int, hidden_layers: int, dense_units: int, dropout: float, seed: int):
+    """The study's classifier on the backbone's feature maps ``x``; the notebook shows the same code, in a cell a
+    student may change (a test holds the two equal). Its seeds make the same initial weights with or without a
+    backbone built first, and layer names that the saved model, Grad-CAM and fast mode look up."""
     x = keras.layers.Flatten(name="flatten")(x)
     for i in range(1, hidden_layers + 1):
         initializer = keras.initializers.GlorotUniform(seed=seed + 2 * i)

@@ -16,6 +16,7 @@ from ..common.files import atomic_path, file_sha256, save_figure, write_csv, wri
 from ..common.paths import resolve_path
 from ..common.run_layout import (CONFUSION_FILE, HISTORY_FILE, METRICS_FILE, MODEL_FILE, PREDICTIONS_FILE, SHORTCUTS_FILE,
                                  TENSORBOARD_FOLDER, graph_name, remove_backup, run_dir)
+from ..model.architecture import Head
 from .models import inference_copy
 
 PREDICTED_SUBSETS = ("val", "test")  # written to predictions.csv; train is only summarised
@@ -23,25 +24,26 @@ HPARAMS = ("hidden_layers", "dense_units", "learning_rate", "dropout", "batch_si
            "seed", "split_seed", "train_base", "fast", "precision", "input_region")
 
 
-def save_model(whole: keras.Model, params: dict, class_names: list[str]) -> dict:
+def save_model(whole: keras.Model, params: dict, class_names: list[str], head: Head | None = None) -> dict:
     """The trained model, pixels in, as ``model.keras`` in the run's folder, in float32; its record for metrics.json."""
     path = run_dir(params) / MODEL_FILE
     with atomic_path(path) as temporary:
-        inference_copy(whole, params, len(class_names)).save(temporary)
+        inference_copy(whole, params, len(class_names), head).save(temporary)
     return {"file": MODEL_FILE, "bytes": path.stat().st_size, "sha256": file_sha256(path), "dtype": "float32",
             "input": f"uint8 pixels 0..255, {params['image_size']}x{params['image_size']}x3 (scaling inside the model)",
             "class_names": class_names}
 
 
 def write_run_files(metrics: dict, predictions: pd.DataFrame, history: pd.DataFrame, params: dict,
-                    shortcut_table: pd.DataFrame, figures: dict[str, Figure], whole: keras.Model) -> dict[str, Path]:
+                    shortcut_table: pd.DataFrame, figures: dict[str, Figure], whole: keras.Model, head: Head | None = None
+                    ) -> dict[str, Path]:
     """Every file of the run, the model first (recorded in ``metrics["saved_model"]``), metrics.json last.
 
     ``predictions``: the validation and test rows of predictions.csv; ``figures``: the run's own figures by file name
     (Grad-CAM, reliability, risk-coverage)."""
     folder = run_dir(params)
     title = f"{params['experiment']} (seed {params['seed']})"
-    metrics["saved_model"] = save_model(whole, params, metrics["dataset"]["class_names"])
+    metrics["saved_model"] = save_model(whole, params, metrics["dataset"]["class_names"], head)
     paths = {
         "model": folder / MODEL_FILE,
         "predictions": write_csv(folder / PREDICTIONS_FILE, predictions),

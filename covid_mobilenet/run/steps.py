@@ -34,6 +34,7 @@ from ..data.grouping import split_for, write_duplicates_table
 from ..data.sources import hold_out
 from ..data.split import Split
 from ..model import batchnorm, training
+from ..model.architecture import Head, compile_model
 from ..model.features import FeatureCache, cached_features, cached_region_features
 from ..model.inference import predicted_probabilities
 from ..model.runtime import Runtime, configure
@@ -127,10 +128,12 @@ def checked_calibration_settings(class_names: list[str]) -> dict:
     return settings
 
 
-def build(params: dict, data: PreparedData, runtime: Runtime) -> keras.Model:
-    """The study's model, or in fast mode its head alone, built and compiled on the run's device(s)."""
+def build(params: dict, data: PreparedData, runtime: Runtime, head: Head | None = None) -> keras.Model:
+    """The study's model with ``head`` (the package's ``study_head`` by default), or in fast mode the head alone on
+    the cached features, built on the run's device(s); compiled next (``compile_model``, or the notebook's cell)."""
     with runtime.strategy.scope():
-        return trainable_model(params, len(data.class_names), None if data.features is None else data.features.feature_shape)
+        return trainable_model(params, len(data.class_names), None if data.features is None else data.features.feature_shape,
+                               head)
 
 
 def train(model: keras.Model, data: PreparedData, params: dict) -> pd.DataFrame:
@@ -182,10 +185,10 @@ def split_predictions(model: keras.Model, data: PreparedData) -> dict[str, pd.Da
     return tables
 
 
-def full_model(model: keras.Model, data: PreparedData, params: dict) -> keras.Model:
-    """The whole model, pixels in: ``model`` itself, or in fast mode its trained head on the frozen backbone
-    it was trained on (what Grad-CAM and the region tests need)."""
-    return model if data.features is None else head_on_backbone(model, params, len(data.class_names))
+def full_model(model: keras.Model, data: PreparedData, params: dict, head: Head | None = None) -> keras.Model:
+    """The whole model, pixels in: ``model`` itself, or in fast mode its trained head (built with ``head``) on the
+    frozen backbone it was trained on (what Grad-CAM and the region tests need)."""
+    return model if data.features is None else head_on_backbone(model, params, len(data.class_names), head)
 
 
 def look_for_shortcuts(whole: keras.Model, data: PreparedData, predictions: dict[str, pd.DataFrame], params: dict,
@@ -241,12 +244,14 @@ def evaluate(model: keras.Model, data: PreparedData, predictions: dict[str, pd.D
 
 
 def save_outputs(metrics: dict, calibration: Calibration, history: pd.DataFrame, params: dict,
-                 analysis: ShortcutAnalysis, whole: keras.Model, unfamiliar: Unfamiliar) -> dict[str, Path]:
-    """Write the run's files, metrics.json last; then drop the training backup (``run/outputs.py``)."""
+                 analysis: ShortcutAnalysis, whole: keras.Model, unfamiliar: Unfamiliar, head: Head | None = None
+                 ) -> dict[str, Path]:
+    """Write the run's files, metrics.json last; then drop the training backup (``run/outputs.py``). The model is
+    saved in float32, rebuilt with the ``head`` it was built with."""
     guard_file = unfamiliar.guard.save(run_dir(params) / GUARD_FILE)
     return {"unfamiliar": guard_file,
             **outputs.write_run_files(metrics, calibration.predictions, history, params, analysis.table,
-                                      {GRADCAM_FILE: analysis.panel, **calibration.figures}, whole)}
+                                      {GRADCAM_FILE: analysis.panel, **calibration.figures}, whole, head)}
 
 
 
@@ -269,21 +274,25 @@ class Experiment:
     paths: dict[str, Path]
 
 
-def run_experiment(namespace: Mapping[str, Any], *, devices: list[str] | None = None) -> Experiment:
-    """One run from its parameters: the notebook's steps, in the notebook's order (``devices`` as for ``setup``)."""
+def run_experiment(namespace: Mapping[str, Any], *, devices: list[str] | None = None, head: Head | None = None
+                   ) -> Experiment:
+    """One run from its parameters: the notebook's steps, in the notebook's order (``devices`` as for ``setup``;
+    ``head`` as the notebook's ``study_head``, the package's by default)."""
     params = check(namespace)
     runtime = setup(params, devices)
     data = prepare_data(params, runtime)
-    model = build(params, data, runtime)
+    model = build(params, data, runtime, head)
+    with runtime.strategy.scope():
+        compile_model(model, params["learning_rate"], jit_compile=params["jit_compile"])  # Adam, cross-entropy, accuracy
     history = train(model, data, params)
     batchnorm_record = recalibrate_batchnorm(model, data, params)
     predictions = split_predictions(model, data)
-    whole = full_model(model, data, params)
+    whole = full_model(model, data, params, head)
     analysis = look_for_shortcuts(whole, data, predictions, params, runtime)
     calibration = calibrate(predictions, analysis, data, params)
     unfamiliar = fit_guard(whole, data, analysis, params)
     metrics = evaluate(model, data, predictions, params, history, runtime, analysis, batchnorm_record, calibration,
                        unfamiliar)
-    paths = save_outputs(metrics, calibration, history, params, analysis, whole, unfamiliar)
+    paths = save_outputs(metrics, calibration, history, params, analysis, whole, unfamiliar, head)
     return Experiment(params, runtime, data, model, history, predictions, whole, analysis, batchnorm_record, calibration,
                       unfamiliar, metrics, paths)

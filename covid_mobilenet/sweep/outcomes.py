@@ -8,7 +8,7 @@ from pathlib import Path
 from ..analysis.results import read_result
 from ..analysis.text import format_duration
 from ..common.files import write_json
-from ..common.machine import git_commit
+from ..common.revision import git_commit
 from ..common.paths import resolve_path
 from .plan import Job, Mode
 

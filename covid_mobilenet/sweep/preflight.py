@@ -14,13 +14,13 @@ from ..common.files import StorageError, ensure_writable
 from ..common.paths import resolve_path
 from ..common.run_layout import BACKUP_FOLDER, METRICS_FILE, PREVIOUS_METRICS_FILE, remove_backup
 from ..data.demo import DEFAULT_DEMO_DIR, demo_dataset_complete, generate_demo_dataset, is_demo_dataset
-from ..data.layout import DatasetError
-from ..data.locate import locate_dataset
+from ..data.layout import DEFAULT_DATA_DIR, DatasetError
+from ..data.locate import kaggle_credentials_available, locate_dataset
 from ..data.scan import scan_dataset
 from ..data.grouping import split_for, write_duplicates_table
 from ..data.sources import hold_out
 from ..model import demo_backbone
-from ..model.weights import ensure_weights_available
+from ..model.weights import WeightsError, ensure_weights_available
 from .plan import Job, Mode
 
 
@@ -103,6 +103,38 @@ def preflight(jobs: list[Job], mode: Mode, say: Callable[[str], None] = print, h
     for path, (groups, split, record) in tables.items():
         write_duplicates_table(path.parent, groups, split, record)
     return kept
+
+
+def dry_run_problems(jobs: list[Job], mode: Mode, say: Callable[[str], None] = print) -> list[str]:
+    """``--dry-run``: what can be checked without reading every image, downloading or writing anything: the data set
+    found (or to be downloaded, or generated for the demo), the weights to be had. One line per problem that would
+    stop the runs; none when they could start."""
+    problems = []
+    for data_dir in sorted({job.params["data_dir"] for job in jobs}, key=str):
+        given = None if data_dir is None else resolve_path(data_dir)
+        if mode.demo and given is not None and not given.exists():
+            say(f"the demo set would be generated in {given}")
+        elif given is None and not DEFAULT_DATA_DIR.is_dir() and kaggle_credentials_available():
+            say("the data set would be downloaded from Kaggle (credentials found)")
+        else:
+            try:
+                root = locate_dataset(given)
+            except DatasetError as exc:
+                problems.append(str(exc))
+                continue
+            if not mode.demo and is_demo_dataset(root):
+                problems.append(f"{root} is the synthetic demo set; run `python run_all.py --demo` for it.")
+            else:
+                say(f"data set found: {root}")
+    for weights, image_size in sorted({(str(job.params["weights"]), job.params["image_size"]) for job in jobs}):
+        if weights in ("None", "imagenet"):
+            try:
+                ensure_weights_available(None if weights == "None" else weights, image_size)
+            except WeightsError as exc:
+                problems.append(str(exc))
+        elif not resolve_path(weights).is_file():  # a file the user named is checked with the parameters
+            say(f"the demo backbone would be pretrained at {image_size} px (once)")
+    return problems
 
 
 def _leave_out(job: Job, problem: DatasetError, plan: dict, say: Callable[[str], None]) -> None:
