@@ -94,7 +94,8 @@ def test_the_run_overview_gives_the_provenance_accuracy_checks_and_calibration(t
     for expected in ["mn_resultset5", "seed 7", "split `abababababab`", "synthetic demo set",
                      f"Test accuracy** {100 * metrics['test']['accuracy']:.1f}% (95% interval {100 * interval['low']:.1f}%",
                      "no lungs 30.00%", "Grad-CAM (conv_pw_13_relu) puts 60.00%",
-                     f"Temperature T = {metrics['calibration']['temperature']:.2f}"]:
+                     f"| Temperature T (fitted on validation) | {metrics['calibration']['temperature']:.2f} |",
+                     "| COVID at sensitivity 0.95: threshold ", "| Uncertain"]:
         assert expected in text, expected
     assert "Not for diagnosis" in app_page.NOTICE and "synthetic data" in app_page.DEMO_BANNER
 

@@ -24,6 +24,34 @@ def _percent(proportion: dict) -> str:
     return f"{100 * proportion['value']:.1f}% [{100 * proportion['low']:.1f}, {100 * proportion['high']:.1f}]"
 
 
+def calibration_table(record: dict) -> str:
+    """The calibration of one run as a small Markdown table (the app's run panel): the temperature, the test scores
+    before and after scaling, each operating point and the abstain threshold with what they give on test."""
+    test = record["test"]
+    rows = [("Temperature T (fitted on validation)", f"{record['temperature']:.2f}", f"{record['val']['images']} images"),
+            *((f"{name} on test", f"{_interval(test[key]['before'])} → {_interval(test[key]['after'])}",
+               f"lowered by scaling: {test[key]['helped']}") for key, name in (("ece", "ECE"), ("brier", "Brier score"),
+                                                                               ("nll", "NLL"))
+              if key in test)]
+    for name, points in record["operating_points"].items():
+        point = points.get("target_sensitivity")
+        if point:
+            rows.append((f"{name} at sensitivity {point['target']:g}: threshold {point['threshold']:.3f}",
+                         f"sensitivity {_percent(point['test']['sensitivity'])}",
+                         f"specificity {_percent(point['test']['specificity'])}, PPV {_percent(point['test']['ppv'])}"))
+    abstain = record["abstain"]
+    if abstain["reached"]:
+        accuracy = "n/a" if abstain["test_accuracy"] is None else _percent(
+            {"value": abstain["test_accuracy"], **abstain["test_interval"]})
+        rows.append((f"Uncertain below confidence {abstain['threshold']:.3f}",
+                     f"answers {100 * abstain['test_coverage']:.0f}% of test", f"accuracy {accuracy}"))
+    else:
+        rows.append(("Uncertain", "never", abstain["note"]))
+    lines = ["| Calibration | Test | |", "| :-- | :-- | :-- |"]
+    lines += [f"| {what} | {value} | {detail} |" for what, value, detail in rows]
+    return "\n".join(lines)
+
+
 def calibration_lines(record: dict) -> list[str]:
     """The calibration of one run in a few sentences: T, the test scores before and after, the operating
     points, the abstain threshold, and where calibration breaks."""

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from ..analysis.calibration_report import calibration_lines
+from ..analysis.calibration_report import calibration_table
 from ..analysis.results import RunNotFound, best_run, chosen_run, finished_runs
 from ..common.files import figure_pixels
 from ..common.paths import PROJECT_ROOT
@@ -108,9 +108,11 @@ def run_overview(metrics: dict, run: Path) -> str:
         lines += ["", "**What it looks at** (shortcut checks): " + shortcuts[0], *shortcuts[1:]]
     lines += ["", "**Unfamiliar images**: " + " ".join(line.removeprefix("- ") for line in unfamiliar_lines(metrics)[:3])]
     calibration = metrics.get("calibration")
-    lines += ["", "**Probabilities**: " + (" ".join(calibration_lines(calibration)) if calibration else
-                                          "this run has no calibration record: the page shows the model's raw softmax, "
-                                          "usually overconfident.")]
+    lines += ["", "**Probabilities**: calibrated by temperature scaling on the validation images; the operating point "
+                  "and the abstain threshold chosen there, reported on test (95% intervals).", "",
+              calibration_table(calibration)] if calibration else [
+        "", "**Probabilities**: this run has no calibration record: the page shows the model's raw softmax, usually "
+            "overconfident."]
     return "\n".join(lines)
 
 
