@@ -93,3 +93,21 @@ def test_a_first_demos_time_is_recorded_beside_the_machines_reference_speed(tmp_
     assert [figures.value(name, bench) for name in ("demo_seconds", "demo_backbone", "demo_runs", "demo_commit",
                                                     "demo_reference_speed")] == \
         ["433 s", "145 s", "265 s", "0123456", "21.4 images/s"]
+
+
+def between(text: str, start: str, end: str) -> str:
+    return text[text.index(start) + len(start):text.index(end)].strip()
+
+
+def test_the_study_page_shows_experiments_jsons_reported_table_and_the_readme_points_to_it():
+    from covid_mobilenet.analysis import tables, text
+    from covid_mobilenet.common.config import load_config
+
+    config = load_config()
+    none = {name: [] for name in config["experiments"]}
+    table = tables.summary_table(none, config)
+    page = (PROJECT_ROOT / text.STUDY_PAGE).read_text()
+    assert between(page, "<!-- study:start -->", "<!-- study:end -->") == text.reference_table(table)
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    assert between(readme, "<!-- results:start -->", "<!-- results:end -->") == text.readme_section(table, none, [], "g.png")
+    assert "93.27%" not in readme, "the study's figures live on its page, not among the results"
