@@ -17,7 +17,7 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 EXAMPLES = """examples:
-  python run_all.py --demo                      synthetic data, offline, a few minutes on a laptop
+  python run_all.py --demo                      synthetic data, offline, on a CPU (its time: docs/demo.md)
   python run_all.py                             the real data set, all seven configurations
   python run_all.py --fast                      frozen backbone, cached features: the seven in minutes on a CPU
   python run_all.py --only mn_resultset1,mn_resultset4 --epochs 5
@@ -32,7 +32,7 @@ EXAMPLES = """examples:
                                                 then every finished run evaluated on another collection, and the
                                                 summary's internal-vs-external table (--demo --external: a generated one)
   python run_all.py --backend slurm --partition gpu --time 90 --setup "module load cuda"
-                                                the pending runs as one Slurm job array (see "Running on a cluster")
+                                                the pending runs as one Slurm job array (docs/cluster.md)
   python run_all.py --backend slurm --dry-run   the batch script that would be submitted, and the runs in it
 
 outputs: results/<experiment>/seed-<seed>/ (executed notebook, metrics.json, predictions.csv, history.csv,

@@ -247,7 +247,8 @@ def main(argv: list[str] | None = None) -> int:
                                                                           "given, before resizing (<name>.png)")
     parser.add_argument("--raw", action="store_true", help="print the model's own softmax instead of the calibrated "
                                                            "probabilities (answers and decisions stay calibrated)")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=32,
+                        help="images given to the model at once; lower it when memory is short (default: %(default)s)")
     args = parser.parse_args(argv)
 
     try:
