@@ -1,3 +1,4 @@
+import keras
 import numpy as np
 import pandas as pd
 import pytest
@@ -126,3 +127,39 @@ def test_a_backup_cut_short_in_its_first_epoch_starts_over(tmp_path, capsys):
     history = training.fit(fresh_model(), tiny_pipelines(), epochs=1, **run_folders(tmp_path), params=PARAMS)
     assert "cut short; training starts over" in capsys.readouterr().out
     assert history["epoch"].tolist() == [1]
+
+
+@pytest.mark.slow
+def test_backups_between_far_apart_epochs_are_skipped_and_a_kill_resumes_from_the_last_one(tmp_path, monkeypatch):
+    """Trains: with backups at most every hour, a fit backs up after its first and last epochs only; killed in its
+    third, it resumes from the first and still ends exactly where an uninterrupted fit does."""
+    uninterrupted_model = fresh_model()
+    uninterrupted = training.fit(uninterrupted_model, tiny_pipelines(), epochs=4, **run_folders(tmp_path / "a"), params=PARAMS)
+
+    monkeypatch.setattr(training, "BACKUP_EVERY_SECONDS", 3600.0)
+    saved = []
+    original = keras.callbacks.BackupAndRestore._save_model
+    monkeypatch.setattr(keras.callbacks.BackupAndRestore, "_save_model",
+                        lambda self: saved.append(self._current_epoch) or original(self))
+
+    class Killed(Exception):
+        pass
+
+    class KilledInEpoch3(training.EpochTimer):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 2:
+                raise Killed  # before the epoch is logged or backed up, as a kill would land
+            super().on_epoch_end(epoch, logs)
+
+    monkeypatch.setattr(training, "EpochTimer", KilledInEpoch3)
+    with pytest.raises(Killed):
+        training.fit(fresh_model(), tiny_pipelines(), epochs=4, **run_folders(tmp_path / "b"), params=PARAMS)
+    assert saved == [1], "the first epoch is backed up, the second (seconds later) is not"
+    monkeypatch.setattr(training, "EpochTimer", training.EpochTimer.__mro__[1])
+    resumed_model = fresh_model()
+    resumed = training.fit(resumed_model, tiny_pipelines(), epochs=4, **run_folders(tmp_path / "b"), params=PARAMS)
+    assert saved == [1, 2, 4], "resumed from epoch 1: its first epoch (2) and its last are backed up"
+    columns = ["loss", "accuracy", "val_loss", "val_accuracy"]
+    pd.testing.assert_frame_equal(resumed[columns], uninterrupted[columns])
+    for expected, actual in zip(uninterrupted_model.get_weights(), resumed_model.get_weights()):
+        np.testing.assert_array_equal(expected, actual)

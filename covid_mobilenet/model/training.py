@@ -1,9 +1,15 @@
 """Training with seeds, per-epoch timing, and a backup from which an interrupted run resumes.
 
 While a run trains, its ``backup`` folder holds Keras' BackupAndRestore
-checkpoint (written after every epoch) and the per-epoch log. A rerun with the
-same parameters resumes from the last finished epoch; a rerun with other
-parameters starts afresh. The backup is removed once the run's metrics are saved.
+checkpoint and the per-epoch log. The checkpoint is written after the first
+epoch, the last, and any epoch that ends at least ``BACKUP_EVERY_SECONDS`` after
+the previous checkpoint: after every epoch of fine-tuning, every few dozen of a
+head trained on cached features (whose epochs take a fraction of a second, less
+than the checkpoint itself). A rerun with the same parameters resumes from the
+last checkpoint and ends exactly as an uninterrupted run, since each epoch's
+batches and random states depend only on the seed and the epoch; a rerun with
+other parameters starts afresh. The backup is removed once the run's metrics are
+saved.
 """
 from __future__ import annotations
 
@@ -20,6 +26,7 @@ from ..common.files import file_sha256, write_atomic
 from ..data.pipeline import SplitPipelines
 
 HISTORY_COLUMNS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "epoch_seconds"]
+BACKUP_EVERY_SECONDS = 10.0  # a kill loses at most this much training (and the epoch it lands in)
 
 
 def set_seeds(seed: int, deterministic: bool) -> None:
@@ -70,6 +77,35 @@ class BackupSeal(keras.callbacks.Callback):
         write_atomic(self.seal, json.dumps(record))
 
 
+class ThrottledBackup(keras.callbacks.Callback):
+    """Keras' BackupAndRestore and its seal, written after the first epoch of this fit, the last one, and any epoch
+    that ends ``every_seconds`` or more after the previous backup; restored at the start as BackupAndRestore does."""
+
+    def __init__(self, backup: keras.callbacks.BackupAndRestore, seal: BackupSeal, epochs: int, every_seconds: float):
+        super().__init__()
+        self.backup, self.seal, self.epochs, self.every_seconds = backup, seal, epochs, every_seconds
+        self._last: float | None = None
+
+    def set_model(self, model):
+        super().set_model(model)
+        self.backup.set_model(model)
+        self.seal.set_model(model)
+
+    def on_train_begin(self, logs=None):
+        self.backup.on_train_begin(logs)
+        self.seal.on_train_begin(logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        now = time.perf_counter()
+        if self._last is None or epoch + 1 >= self.epochs or now - self._last >= self.every_seconds:
+            self.backup.on_epoch_end(epoch, logs)
+            self.seal.on_epoch_end(epoch, logs)
+            self._last = time.perf_counter()
+
+    def on_train_end(self, logs=None):
+        self.backup.on_train_end(logs)
+
+
 KERAS_WEIGHTS = "latest.weights.h5"  # BackupAndRestore's file names
 KERAS_METADATA = "training_metadata.json"
 
@@ -118,8 +154,8 @@ def fit(model: keras.Model, pipelines: SplitPipelines, *, epochs: int, backup: P
     callbacks = [
         EpochTimer(),  # before the logger, which writes the logs it adds
         keras.callbacks.CSVLogger(str(log), append=True),
-        keras.callbacks.BackupAndRestore(str(keras_backup), double_checkpoint=True, delete_checkpoint=False),
-        BackupSeal(keras_backup, seal, random_states),
+        ThrottledBackup(keras.callbacks.BackupAndRestore(str(keras_backup), double_checkpoint=True, delete_checkpoint=False),
+                        BackupSeal(keras_backup, seal, random_states), epochs, BACKUP_EVERY_SECONDS),
         # per-epoch scalars for `tensorboard --logdir results`, which compares every run side by side
         keras.callbacks.TensorBoard(str(tensorboard), write_graph=False, update_freq="epoch"),
     ]
