@@ -52,6 +52,7 @@ def _per_second(value) -> str:
 
 DEMO_TIMING = "`run_all.py --demo` from a fresh clone, then `python -m covid_mobilenet.benchmark --demo-timing`"
 DEMO_FAST_TIMING = DEMO_TIMING.replace("--demo`", "--demo --fast`")
+DUPLICATES = "`python -m covid_mobilenet.benchmark --duplicates`"
 
 FIGURES: dict[str, Figure] = {
     "bench_commit": Figure(("machine", "git_commit"), lambda value: value[:7], "the code the benchmark measured"),
@@ -83,6 +84,23 @@ FIGURES: dict[str, Figure] = {
                               "of the cold sweep: the seven heads' training"),
     "full_size_peak": Figure(("full_size", "peak_rss_gib"), lambda value: f"{value:.2f} GiB",
                              "the largest notebook kernel's peak memory in those sweeps"),
+    "duplicates_recall": Figure(("duplicates", "recall_all"), lambda value: f"{value:.0%}",
+                                "near-duplicate search: known copies found (five transformations of generated films)",
+                                DUPLICATES),
+    "duplicates_copies": Figure(("duplicates", "copies"), lambda value: f"{value:,}", "those known copies", DUPLICATES),
+    "duplicates_false_matches": Figure(("duplicates", "false_matches"), lambda value: f"{value:,}",
+                                       "false matches among pairs of distinct films", DUPLICATES),
+    "duplicates_pairs": Figure(("duplicates", "distinct_pairs"), lambda value: f"{value:,}", "those pairs", DUPLICATES),
+    "duplicates_full_found": Figure(("duplicates", "full_size", "found"), lambda value: f"{value:,}",
+                                    "listed copies found in the 21,165-image set", DUPLICATES),
+    "duplicates_full_planted": Figure(("duplicates", "full_size", "planted"), lambda value: f"{value:,}",
+                                      "copies listed in that set", DUPLICATES),
+    "duplicates_full_false": Figure(("duplicates", "full_size", "false_match_groups"), lambda value: f"{value:,}",
+                                    "groups of distinct films merged in that set", DUPLICATES),
+    "duplicates_first": Figure(("duplicates", "full_size", "first_seconds"), _seconds,
+                               "fingerprinting and grouping the 21,165 images the first time", DUPLICATES),
+    "duplicates_cached": Figure(("duplicates", "full_size", "cached_seconds"), lambda value: f"{value:.1f} s",
+                                "the same again, fingerprints and confirmed pairs cached", DUPLICATES),
     "demo_seconds": Figure(("demo", "total_seconds"), _seconds, "the first `--demo`, from a fresh clone", DEMO_TIMING),
     "demo_backbone": Figure(("demo", "phases", "demo backbone"), _seconds,
                             "of it: pretraining the demo's backbone (once; later sweeps reuse it)", DEMO_TIMING),
