@@ -377,3 +377,39 @@ def test_the_maximum_over_positions_finds_a_small_local_mark_that_averaging_wash
     assert not mean["above_majority"] and peak["above_majority"], (mean["accuracy"], peak["accuracy"])
     assert "only the maximum over positions finds the source" in which_found(probes)[0]
     assert "the features carry the source" in probe_lines(probes["max"])[0]
+
+
+def test_a_sweep_reuses_the_audit_of_the_same_images_split_and_backbone(tmp_path):
+    """The audit (38 s at full size) is made again only when what it depends on changed."""
+    import json
+
+    from covid_mobilenet.analysis.audit_summary import audit_inputs, current_audit
+    from covid_mobilenet.sweep.notebooks import audit_data
+    from covid_mobilenet.sweep.plan import Mode
+    from tests.conftest import write_finished_run
+
+    results = tmp_path / "results"
+    run = write_finished_run(results, "mn_resultset1")
+    metrics = json.loads((run / "metrics.json").read_text())
+    metrics["params"].update(weights=None, seed=42)
+    metrics["dataset"]["duplicates"] = {"data_sha256": "cd" * 32}
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    assert current_audit(run, results) is None, "no audit yet"
+    record = results / f"audit-{'cd' * 6}.json"
+    record.write_text(json.dumps({"inputs": audit_inputs(metrics)}))
+    assert current_audit(run, results) == record
+
+    job = type("Job", (), {"run_dir": run})()
+    outcome = audit_data(Mode("demo", str(results), str(tmp_path / "Graph"), None), [job])
+    assert outcome.status == "skipped" and record.name in outcome.detail
+
+    for changed in ({"split_sha256": "ef" * 32}, {"duplicates": {"data_sha256": "cd" * 32 + "0"}}):
+        other = {**metrics, "dataset": {**metrics["dataset"], **changed}}
+        (run / "metrics.json").write_text(json.dumps(other))
+        assert current_audit(run, results) is None, changed
+    for params in ({"seed": 43}, {"image_size": 64}, {"weights": "imagenet"}):
+        (run / "metrics.json").write_text(json.dumps({**metrics, "params": {**metrics["params"], **params}}))
+        assert current_audit(run, results) is None, params
+    record.write_text(json.dumps({"inputs": {**audit_inputs(metrics), "version": 0}}))
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    assert current_audit(run, results) is None, "an audit of an older version is made again"

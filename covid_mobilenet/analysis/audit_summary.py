@@ -13,8 +13,9 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from ..common.files import save_figure, write_csv
-from ..common.run_layout import HOLDOUT_PLAN_FILE
+from ..common.files import file_sha256, save_figure, write_csv
+from ..common.paths import resolve_path
+from ..common.run_layout import HOLDOUT_PLAN_FILE, METRICS_FILE
 from ..data.sources import short_source
 from .source_probe import POOLINGS, probe_lines, which_found
 from .uncertainty import wilson_interval
@@ -29,6 +30,43 @@ HOW_TO_READ_HOLDOUT = (
     "95% intervals. A model that learned the disease should do about as well on the held-out source; a large drop means "
     "it leaned on what that collection looks like. A class with a single source cannot be tested this way: inside this "
     "data set nothing separates its label from its source.")
+
+
+AUDIT_VERSION = 1  # raised when the audit computes something else: every record of an older one is made again
+
+
+def audit_inputs(metrics: dict) -> dict | None:
+    """What a finished run's audit depends on: the images, the split, the image size and the backbone's weights (and
+    the audit's own version); None for a run that does not record them."""
+    params, dataset = metrics["params"], metrics["dataset"]
+    data = (dataset.get("duplicates") or {}).get("data_sha256")
+    if not data or "split_sha256" not in dataset:
+        return None
+    weights = params["weights"]
+    if weights is None:
+        weights_id = f"random{params['seed']}"
+    elif weights == "imagenet":
+        weights_id = "imagenet"
+    else:
+        try:
+            weights_id = "file " + file_sha256(resolve_path(weights))
+        except OSError:
+            return None
+    return {"version": AUDIT_VERSION, "data_sha256": data, "split_sha256": dataset["split_sha256"],
+            "image_size": params["image_size"], "weights": weights_id}
+
+
+def current_audit(run: Path, results_dir: Path) -> Path | None:
+    """The audit record in ``results_dir`` made from the same inputs as ``run``'s, if there is one: a sweep whose data,
+    split and backbone did not change need not audit them again."""
+    try:
+        inputs = audit_inputs(json.loads((Path(run) / METRICS_FILE).read_text()))
+        if inputs is None:
+            return None
+        path = Path(results_dir) / f"audit-{inputs['data_sha256'][:12]}.json"
+        return path if json.loads(path.read_text()).get("inputs") == inputs else None
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 def _first_done(collected: dict):

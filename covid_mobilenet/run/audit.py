@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..analysis.audit_summary import audit_inputs
 from ..analysis.source_probe import POOLINGS, pooled, spatial_probe
 from ..common.files import write_json
 from ..common.paths import resolve_path
@@ -68,5 +69,6 @@ def audit(run: Path, *, results_dir: Path | None = None) -> Path:
                      "positions": int(np.prod(shape[:-1])),
                      "pooled": f"mean and maximum over {int(np.prod(shape[:-1]))} positions of {shape[-1]} channels"},
         "from_run": str(run),
+        "inputs": audit_inputs(metrics),  # a later sweep with the same ones reuses this record
     }
     return write_json(Path(results_dir or resolve_path(params["results_dir"])) / audit_file_name(index.images), record)

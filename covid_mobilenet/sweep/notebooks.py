@@ -18,6 +18,7 @@ import uuid
 import weakref
 from pathlib import Path
 
+from ..analysis.audit_summary import current_audit
 from ..analysis.results import RunNotFound, best_run, read_result
 from ..common.paths import EXPERIMENT_NOTEBOOK, PROJECT_ROOT, SUMMARY_NOTEBOOK, resolve_path
 from ..common.run_layout import KERNEL_LOG, METRICS_FILE
@@ -171,6 +172,10 @@ def audit_data(mode: Mode, jobs: list) -> Outcome:
     finished = [job.run_dir for job in jobs if (job.run_dir / METRICS_FILE).is_file()]
     if not finished:
         return Outcome("audit", "skipped", 0.0, "no finished run to take the data and backbone from")
+    audited = current_audit(finished[0], resolve_path(mode.results_dir))
+    if audited is not None:
+        return Outcome("audit", "skipped", time.perf_counter() - start,
+                       f"{audited.name} holds the audit of the same images, split and backbone")
     done = subprocess.run([sys.executable, "-m", "covid_mobilenet.audit", str(finished[0]),
                            "--results-dir", str(resolve_path(mode.results_dir))], cwd=PROJECT_ROOT, capture_output=True, text=True)
     if done.returncode != 0:
