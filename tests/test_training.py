@@ -163,3 +163,21 @@ def test_backups_between_far_apart_epochs_are_skipped_and_a_kill_resumes_from_th
     pd.testing.assert_frame_equal(resumed[columns], uninterrupted[columns])
     for expected, actual in zip(uninterrupted_model.get_weights(), resumed_model.get_weights()):
         np.testing.assert_array_equal(expected, actual)
+
+
+def test_the_training_step_is_traced_once_and_trains_as_keras_alone_would(tmp_path, monkeypatch):
+    """build_training_state makes fit's variables before fit: one trace of the training step instead of two (a
+    function that creates variables is traced twice), and the same weights as Keras building them itself."""
+    def traced_fit(folder):
+        model, traces = fresh_model(), []
+        train_step = model.train_step
+        model.train_step = lambda data: traces.append(1) or train_step(data)  # runs once per trace, not per batch
+        training.fit(model, tiny_pipelines(), epochs=2, **run_folders(folder), params={**PARAMS, "epochs": 2})
+        return model, len(traces)
+
+    built, built_traces = traced_fit(tmp_path / "built")
+    monkeypatch.setattr(training, "build_training_state", lambda model: None)
+    keras_alone, keras_traces = traced_fit(tmp_path / "keras")
+    assert (built_traces, keras_traces) == (1, 2)
+    for ours, theirs in zip(built.get_weights(), keras_alone.get_weights()):
+        np.testing.assert_array_equal(ours, theirs)
