@@ -35,7 +35,9 @@ from .predict import DEFAULT_RESULTS, PredictError, load_trained  # noqa: E402
 DELETE_EVERY, DELETE_AFTER = 60, 600  # seconds: Gradio's delete_cache, for files no request deletes
 # An upload is stored before its request joins the queue, and the server keeps one file per content: a file stored
 # again less than this many seconds ago may belong to a request about to join, so it waits for a later request.
-UPLOAD_GRACE = 10
+# 10 s was too short on a loaded 2-core machine: one of 20 clients sending the same files at once joined the queue
+# later than that after its upload, and was answered without the file another request's answer had deleted.
+UPLOAD_GRACE = 60
 QUEUE_SIZE = 16  # waiting requests: the last of 16 of 32 images each waits about half a minute at 224 px on 2 cores
 TITLE = "COVID-19 chest X-ray classifier (MobileNet)"
 
