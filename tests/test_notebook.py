@@ -29,6 +29,14 @@ def run_notebook(output: Path, **parameters) -> nbformat.NotebookNode:
     return nbformat.read(output, as_version=4)
 
 
+def run_steps(**parameters) -> None:
+    """The notebook's steps in this process, as its cells call them, with its defaults: no kernel to start."""
+    from covid_mobilenet.run.params import check_parameters, notebook_defaults
+    from covid_mobilenet.run.steps import run_experiment
+
+    run_experiment(check_parameters({**notebook_defaults(), **parameters}))
+
+
 @pytest.mark.slow
 def test_a_run_writes_every_output(finished_run):
     """Starts a kernel (the shared finished run): the files the notebook itself writes."""
@@ -178,9 +186,10 @@ def broken_masks(tiny_root, tmp_path_factory):
 
 @pytest.mark.slow
 def test_an_image_without_a_mask_or_with_another_size_is_counted_not_a_failure(broken_masks, tmp_path):
-    """Trains in a kernel: broken masks must not fail a whole notebook run."""
+    """Trains the notebook's steps in this process (the kernel is finished_run's, in conftest.py): broken masks
+    must not fail a whole run."""
     root, without, resized = broken_masks
-    run_notebook(tmp_path / "executed.ipynb", **tiny_params(tmp_path, root, epochs=1))
+    run_steps(**tiny_params(tmp_path, root, epochs=1))
     run = tmp_path / "results" / "mn_resultset1" / "seed-42"
     metrics = json.loads((run / "metrics.json").read_text())
     shortcuts = metrics["shortcuts"]
@@ -196,9 +205,9 @@ def test_an_image_without_a_mask_or_with_another_size_is_counted_not_a_failure(b
 
 @pytest.mark.slow
 def test_training_on_the_lungs_alone_leaves_out_images_without_a_mask(broken_masks, tmp_path):
-    """Trains in a kernel: a region run of the notebook, on masks that are partly broken."""
+    """Trains the notebook's steps in this process: a region run, on masks that are partly broken."""
     root, without, resized = broken_masks
-    run_notebook(tmp_path / "executed.ipynb", **tiny_params(tmp_path, root, input_region="lungs", epochs=1))
+    run_steps(**tiny_params(tmp_path, root, input_region="lungs", epochs=1))
     metrics = json.loads((tmp_path / "results" / "mn_resultset1" / "seed-42" / "metrics.json").read_text())
     assert metrics["params"]["input_region"] == "lungs" and metrics["shortcuts"]["input_region"] == "lungs"
     dataset = metrics["dataset"]

@@ -17,7 +17,7 @@ from covid_mobilenet.common import files
 from covid_mobilenet.common.config import load_config
 from covid_mobilenet.common.files import StorageError, ensure_writable, write_atomic
 from covid_mobilenet.sweep import plan, preflight
-from tests.conftest import folders, run_all, run_all_here, write_finished_run
+from tests.conftest import folders, run_all_here, write_finished_run
 
 
 # ------------------------------------------------------------- bad parameters in experiments.json
@@ -49,23 +49,8 @@ def test_an_unreadable_configuration_file_is_named(tmp_path):
 # ------------------------------------------------------------- truncated metrics.json
 
 
-@pytest.mark.slow
-def test_a_truncated_metrics_file_is_reported_and_its_experiment_reruns(own_sweep, tiny_root):
-    """Trains: the truncated run must train again, with the same numbers."""
-    tmp = own_sweep
-    metrics_file = tmp / "results" / "mn_resultset4" / "seed-42" / "metrics.json"
-    before = json.loads(metrics_file.read_text())
-    metrics_file.write_text(metrics_file.read_text()[:200])  # as if the machine died mid-write without atomic writes
-    chosen = ["mn_resultset1", "mn_resultset2", "mn_resultset4"]
-    others = {n: (tmp / "results" / n / "seed-42" / "metrics.json").stat().st_mtime_ns for n in chosen if n != "mn_resultset4"}
-
-    result = run_all("--demo", *folders(tmp, tiny_root), "--image-size", "32", "--epochs", "2", "--set", "batch_size=32",
-                     "--only", ",".join(chosen))
-    assert result.returncode == 0, result.stderr
-    assert "mn_resultset4/seed-42:" in result.stdout and "is unreadable" in result.stdout and "running it again" in result.stdout
-    after = json.loads(metrics_file.read_text())
-    assert after["test"] == before["test"], "rerun with the same seed gives the same numbers"
-    assert others == {n: (tmp / "results" / n / "seed-42" / "metrics.json").stat().st_mtime_ns for n in others}
+# A metrics.json cut short is reported and its run alone trains again, to the same numbers: the end of
+# tests/test_run_all.py::test_seeds_share_the_split_and_the_summary_reports_their_uncertainty, on a run it trained anyway.
 
 
 # ------------------------------------------------------------- crashes while writing
