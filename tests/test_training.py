@@ -38,6 +38,18 @@ def fresh_model(train_base=False):
     return tiny_model(train_base)
 
 
+def small_model():
+    """A model of seconds with the study's layer kinds (convolution, BatchNorm, Dense, Dropout, softmax)."""
+    training.set_seeds(1, deterministic=True)
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.Rescaling(1 / 255)(inputs)
+    x = keras.layers.Conv2D(4, 3, use_bias=False)(x)
+    x = keras.layers.BatchNormalization()(x)
+    x = keras.layers.Flatten()(keras.layers.ReLU()(x))
+    x = keras.layers.Dropout(0.5, seed=2)(keras.layers.Dense(4, activation="relu")(x))
+    return compile_model(keras.Model(inputs, keras.layers.Dense(4, activation="softmax")(x)), 1e-3)
+
+
 @pytest.mark.slow
 def test_a_resumed_run_ends_exactly_where_an_uninterrupted_one_does(tmp_path, capsys):
     """Trains: an interrupted and resumed fit against an uninterrupted one."""
@@ -169,16 +181,6 @@ def test_the_training_step_is_traced_once_and_trains_as_keras_alone_would(tmp_pa
     """build_training_state makes fit's variables before fit: one trace of the training step instead of two (a
     function that creates variables is traced twice), and the same weights as Keras building them itself. On a small
     model with the study's layer kinds (the tracing does not depend on MobileNet's size, the test's time does)."""
-    def small_model():
-        training.set_seeds(1, deterministic=True)
-        inputs = keras.Input((32, 32, 3))
-        x = keras.layers.Rescaling(1 / 255)(inputs)
-        x = keras.layers.Conv2D(4, 3, use_bias=False)(x)
-        x = keras.layers.BatchNormalization()(x)
-        x = keras.layers.Flatten()(keras.layers.ReLU()(x))
-        x = keras.layers.Dropout(0.5, seed=2)(keras.layers.Dense(4, activation="relu")(x))
-        return compile_model(keras.Model(inputs, keras.layers.Dense(4, activation="softmax")(x)), 1e-3)
-
     def traced_fit(folder):
         model, traces = small_model(), []
         train_step = model.train_step
@@ -192,3 +194,39 @@ def test_the_training_step_is_traced_once_and_trains_as_keras_alone_would(tmp_pa
     assert (built_traces, keras_traces) == (1, 2)
     for ours, theirs in zip(built.get_weights(), keras_alone.get_weights()):
         np.testing.assert_array_equal(ours, theirs)
+
+
+def test_the_per_epoch_tensorboard_skips_keras_per_batch_calls_and_writes_the_same_scalars(tmp_path, monkeypatch):
+    """Keras 3 calls summary.scalar after every batch even when it writes per epoch; fit's callback does not, and its
+    TensorBoard record holds the same per-epoch scalars as with Keras's own callback."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    after_batch = []
+    keras_method = keras.callbacks.TensorBoard.on_train_batch_end
+    monkeypatch.setattr(keras.callbacks.TensorBoard, "on_train_batch_end",
+                        lambda self, batch, logs=None: after_batch.append(batch) or keras_method(self, batch, logs))
+
+    def recorded(folder):
+        record = {}
+        for run in ("train", "validation"):
+            events = EventAccumulator(str(folder / TENSORBOARD_FOLDER / run), size_guidance={"tensors": 0})
+            events.Reload()
+            record[run] = {tag: len(events.Tensors(tag)) for tag in events.Tags()["tensors"]}
+        return record
+
+    training.fit(small_model(), tiny_pipelines(), epochs=2, **run_folders(tmp_path / "ours"), params={**PARAMS, "epochs": 2})
+    assert after_batch == [], "no per-batch call when writing per epoch"
+    monkeypatch.setattr(training, "EpochTensorBoard", keras.callbacks.TensorBoard)
+    training.fit(small_model(), tiny_pipelines(), epochs=2, **run_folders(tmp_path / "keras"), params={**PARAMS, "epochs": 2})
+    assert len(after_batch) == 2 * 3, "Keras's callback: one call per batch (3 batches of 8 per epoch)"
+    assert recorded(tmp_path / "ours") == recorded(tmp_path / "keras")
+    assert recorded(tmp_path / "ours")["train"]["epoch_loss"] == 2
+    # with something to write per batch, Keras's own method runs
+    callback = training.EpochTensorBoard(str(tmp_path / "batch"), update_freq="epoch", write_steps_per_second=True)
+    callback.set_model(small_model())
+    after_batch.clear()
+    callback.on_train_begin()
+    callback.on_train_batch_begin(0)
+    callback.on_train_batch_end(0, {"loss": 1.0})
+    callback.on_train_end()
+    assert after_batch == [0]
