@@ -3,8 +3,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+import tensorflow as tf
 
-from covid_mobilenet.data.pipeline import decoded, shuffled_epochs, split_arrays, split_pipelines
+from covid_mobilenet.data.pipeline import concatenated, decoded, shuffled_epochs, split_arrays, split_pipelines
 from covid_mobilenet.data.scan import scan_dataset
 from covid_mobilenet.data.split import split_images
 
@@ -78,6 +79,12 @@ def test_each_epoch_has_its_own_seeded_order_and_a_resumed_run_sees_the_same(lev
     assert orders(1, 0) == [first, second, third]
     assert orders(1, 1) == [second, third], "resuming at epoch 1 gives the uninterrupted run's epochs 1 and 2"
     assert orders(2, 0)[0] != first
+
+
+def test_epochs_are_chained_in_order_whatever_their_number():
+    for count in (1, 2, 5, 8):
+        parts = [tf.data.Dataset.range(10 * i, 10 * i + 3) for i in range(count)]
+        assert [int(x) for x in concatenated(parts)] == [10 * i + k for i in range(count) for k in range(3)]
 
 
 def test_disk_cache_is_written_reused_and_recovers_from_an_interrupted_write(level_root, tmp_path):

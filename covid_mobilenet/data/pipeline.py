@@ -116,7 +116,19 @@ def shuffled_epochs(
     epochs_batches = [dataset.shuffle(size, seed=seed * 1_000_003 + epoch).batch(batch_size) for epoch in range(first_epoch, epochs)]
     if not epochs_batches:
         return dataset.take(0).batch(batch_size)
-    return functools.reduce(tf.data.Dataset.concatenate, epochs_batches)
+    return concatenated(epochs_batches)
+
+
+def concatenated(datasets: list[tf.data.Dataset]) -> tf.data.Dataset:
+    """The datasets one after another, joined pairwise into a balanced tree of depth log2(n).
+
+    Joined one by one (``functools.reduce``), every element of the first epoch passes through n nested
+    concatenations: a head's 600 epochs on cached features spent longer fetching its batches than training on them
+    (14,400 batches iterated in 17-22 s against 3 s for the tree, the same elements in the same order)."""
+    while len(datasets) > 1:
+        datasets = [datasets[i].concatenate(datasets[i + 1]) if i + 1 < len(datasets) else datasets[i]
+                    for i in range(0, len(datasets), 2)]
+    return datasets[0]
 
 
 @dataclass
