@@ -1,3 +1,5 @@
+import contextlib
+
 import keras
 import numpy as np
 import pandas as pd
@@ -218,7 +220,7 @@ def test_the_per_epoch_tensorboard_skips_keras_per_batch_calls_and_writes_the_sa
     assert after_batch == [], "no per-batch call when writing per epoch"
     monkeypatch.setattr(training, "EpochTensorBoard", keras.callbacks.TensorBoard)
     training.fit(small_model(), tiny_pipelines(), epochs=2, **run_folders(tmp_path / "keras"), params={**PARAMS, "epochs": 2})
-    assert len(after_batch) == 2 * 3, "Keras's callback: one call per batch (3 batches of 8 per epoch)"
+    assert len(after_batch) == 2, "Keras's callback: one call per call of the training function, one per epoch"
     assert recorded(tmp_path / "ours") == recorded(tmp_path / "keras")
     assert recorded(tmp_path / "ours")["train"]["epoch_loss"] == 2
     # with something to write per batch, Keras's own method runs
@@ -230,3 +232,30 @@ def test_the_per_epoch_tensorboard_skips_keras_per_batch_calls_and_writes_the_sa
     callback.on_train_batch_end(0, {"loss": 1.0})
     callback.on_train_end()
     assert after_batch == [0]
+
+
+def test_each_epoch_runs_in_one_call_and_trains_exactly_as_one_call_per_batch(tmp_path, monkeypatch):
+    """fit hands Keras an epoch's steps at once (steps_per_execution): one call of the training function per epoch,
+    the same weights and per-epoch logs as one call per batch, and the model back to one step per call afterwards."""
+    def counted_fit(folder):
+        model, calls = small_model(), []
+        make = model.make_train_function
+
+        def counting(force=False):
+            make(force)
+            function = model.train_function
+            model.train_function = lambda iterator: calls.append(1) or function(iterator)
+            return model.train_function
+
+        model.make_train_function = counting
+        history = training.fit(model, tiny_pipelines(), epochs=3, **run_folders(folder), params={**PARAMS, "epochs": 3})
+        return model, history.drop(columns="epoch_seconds"), len(calls)
+
+    per_epoch, per_epoch_history, per_epoch_calls = counted_fit(tmp_path / "epoch")
+    assert per_epoch.steps_per_execution == 1 and per_epoch.train_function is None
+    monkeypatch.setattr(training, "one_call_per_epoch", lambda model, steps: contextlib.nullcontext())
+    per_batch, per_batch_history, per_batch_calls = counted_fit(tmp_path / "batch")
+    assert (per_epoch_calls, per_batch_calls) == (3, 3 * 3)  # 3 epochs of 3 batches of 8
+    pd.testing.assert_frame_equal(per_epoch_history, per_batch_history)
+    for ours, theirs in zip(per_epoch.get_weights(), per_batch.get_weights()):
+        np.testing.assert_array_equal(ours, theirs)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import keras
@@ -178,16 +179,33 @@ def fit(model: keras.Model, pipelines: SplitPipelines, *, epochs: int, backup: P
         # per-epoch scalars for `tensorboard --logdir results`, which compares every run side by side
         EpochTensorBoard(str(tensorboard), write_graph=False, update_freq="epoch"),
     ]
-    model.fit(
-        pipelines.training_epochs(first_epoch, epochs),
-        validation_data=pipelines.batches("val", model.distribute_strategy.num_replicas_in_sync),
-        epochs=epochs,
-        steps_per_epoch=pipelines.steps_per_epoch,
-        callbacks=callbacks,
-        shuffle=False,  # the pipeline shuffles each epoch itself
-        verbose=2,
-    )
+    with one_call_per_epoch(model, pipelines.steps_per_epoch):
+        model.fit(
+            pipelines.training_epochs(first_epoch, epochs),
+            validation_data=pipelines.batches("val", model.distribute_strategy.num_replicas_in_sync),
+            epochs=epochs,
+            steps_per_epoch=pipelines.steps_per_epoch,
+            callbacks=callbacks,
+            shuffle=False,  # the pipeline shuffles each epoch itself
+            verbose=2,
+        )
     return read_history(log)
+
+
+@contextmanager
+def one_call_per_epoch(model: keras.Model, steps_per_epoch: int):
+    """Keras runs each epoch's steps in one call of its training function (``steps_per_execution``), not one call per
+    batch from Python: the same steps in the same order, so the same weights, without Keras's per-batch work (a head
+    on cached features spends more time there than in its batches). The callbacks act per epoch. Afterwards the
+    model runs one step per call again, so predict and evaluate see it as compiled."""
+    compiled = model.steps_per_execution
+    model.steps_per_execution = max(1, int(steps_per_epoch))
+    model.train_function = model.test_function = None  # built again, for the steps per call they are used with
+    try:
+        yield
+    finally:
+        model.steps_per_execution = compiled
+        model.train_function = model.test_function = None
 
 
 class EpochTensorBoard(keras.callbacks.TensorBoard):
