@@ -1,5 +1,6 @@
 import io
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -358,3 +359,67 @@ def test_the_scan_accepts_exactly_what_the_training_decoder_reads(tmp_path):
     assert "without its IEND chunk" in verdicts["png_without_iend.png"][2]
     assert "unknown critical chunk 'ABCD'" in verdicts["png_unknown_critical_chunk.png"][2]
     assert "is a GIF file" in verdicts["gif_named_png.png"][2] and "is a BMP file" in verdicts["bmp_named_png.png"][2]
+
+
+# ---------------------------------------------------------------- the scan's cache
+
+
+def test_a_cached_scan_reads_only_the_files_that_changed_and_gives_the_same_index(demo_root, tmp_path, monkeypatch):
+    from covid_mobilenet.data import scan
+
+    monkeypatch.setattr(scan.ScanCache, "RACY_SECONDS", 0.0)  # the copied files' times are seconds old
+    inspected = []
+    inspect = scan.inspect_image
+    monkeypatch.setattr(scan, "inspect_image", lambda path: inspected.append(path.name) or inspect(path))
+    cache = tmp_path / "cache"
+    first = scan_dataset(demo_root, cache_dir=cache)
+    assert len(inspected) == len(image_files(demo_root))
+    inspected.clear()
+    again = scan_dataset(demo_root, cache_dir=cache)
+    assert inspected == []
+    pd.testing.assert_frame_equal(again.images, first.images)
+    assert again.skipped == first.skipped == []
+
+    # the same size and modification time, other pixels: its change time moved, so it is read again
+    changed, broken = sorted(image_files(demo_root))[:2]
+    stat = changed.stat()
+    original = changed.read_bytes()
+    changed.write_bytes(original[:-16] + bytes(16))  # the same length, a damaged end
+    os.utime(changed, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    broken.write_bytes(b"")
+    third = scan_dataset(demo_root, cache_dir=cache)
+    assert sorted(inspected) == sorted([changed.name, broken.name])
+    assert {s.path.rsplit("/", 1)[-1] for s in third.skipped} == {changed.name, broken.name}
+    inspected.clear()
+    assert scan_dataset(demo_root, cache_dir=cache).skipped == third.skipped and inspected == []  # verdicts kept too
+
+
+def test_files_changed_just_before_a_scan_are_not_trusted_and_a_damaged_cache_is_ignored(demo_root, tmp_path, monkeypatch):
+    from covid_mobilenet.data import scan
+
+    inspected = []
+    inspect = scan.inspect_image
+    monkeypatch.setattr(scan, "inspect_image", lambda path: inspected.append(path.name) or inspect(path))
+    cache = tmp_path / "cache"
+    scan_dataset(demo_root, cache_dir=cache)  # every file was copied a moment ago: none is kept
+    inspected.clear()
+    scan_dataset(demo_root, cache_dir=cache)
+    assert len(inspected) == len(image_files(demo_root))
+    monkeypatch.setattr(scan.ScanCache, "RACY_SECONDS", 0.0)
+    scan_dataset(demo_root, cache_dir=cache)
+    for cache_file in cache.glob("scan-*.csv"):
+        cache_file.write_text("not,a\ncache")
+    inspected.clear()
+    assert len(scan_dataset(demo_root, cache_dir=cache).images) == len(image_files(demo_root))
+    assert len(inspected) == len(image_files(demo_root))
+
+
+def test_the_majority_label_of_a_group_is_pandas_mode_ties_to_the_first_name():
+    from covid_mobilenet.data.split import majority_label
+
+    rng = np.random.default_rng(0)
+    table = pd.DataFrame({"group": rng.integers(0, 60, 400), "label": rng.choice(CLASSES, 400)})
+    expected = table.groupby("group")["label"].agg(lambda labels: labels.mode().iloc[0])
+    pd.testing.assert_series_equal(majority_label(table, "group"), expected)
+    tie = pd.DataFrame({"group": [1, 1, 2, 2, 2], "label": ["Normal", "COVID", "Normal", "Normal", "COVID"]})
+    assert majority_label(tie, "group").to_dict() == {1: "COVID", 2: "Normal"}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image
 
+from ..common.files import write_csv
 from .image_files import UnreadableImage, decoded_picture, image_kind
 from .layout import (EXPECTED_LAYOUT, HOW_TO_GET_DATA, IMAGE_SUFFIXES, STUDY_CLASSES, DatasetError, class_image_folder,
                      is_hidden, visible_subfolders)
@@ -46,11 +48,14 @@ class ImageIndex:
         return "\n".join(lines)
 
 
-def scan_dataset(root: str | os.PathLike, *, strict: bool = False, workers: int | None = None) -> ImageIndex:
+def scan_dataset(root: str | os.PathLike, *, strict: bool = False, workers: int | None = None,
+                 cache_dir: str | os.PathLike | None = None) -> ImageIndex:
     """List, hash and fully decode every image, before any training.
 
     Unusable files (zero bytes, undecodable, truncated, wrong type) are skipped
     and listed in ``ImageIndex.skipped``; with ``strict`` they are an error.
+    With ``cache_dir``, each file's verdict is kept there (``ScanCache``) and a file whose size, times and inode
+    have not changed since is not read again: a sweep's preflight, each of its runs and its audit scan once.
     """
     root = find_dataset_root(root)
     class_folders = visible_subfolders(root)
@@ -58,8 +63,16 @@ def scan_dataset(root: str | os.PathLike, *, strict: bool = False, workers: int 
     skipped = [SkippedFile(_relative(file, root), f"not an image file ({file.suffix or 'no extension'}); only "
                            f"{', '.join(IMAGE_SUFFIXES)} are read") for file in others]
 
+    cache = None if cache_dir is None else ScanCache(Path(cache_dir), root)
+    files = [file for file, _ in candidates]
+    stats = [file_stat(file) for file in files]
+    inspected = [None if cache is None else cache.get(_relative(file, root), stat) for file, stat in zip(files, stats)]
+    unknown = [i for i, verdict in enumerate(inspected) if verdict is None]
     with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
-        inspected = list(pool.map(inspect_image, (file for file, _ in candidates)))
+        for i, verdict in zip(unknown, pool.map(inspect_image, (files[i] for i in unknown))):
+            inspected[i] = verdict
+    if cache is not None and unknown:
+        cache.save([(_relative(file, root), stat, verdict) for file, stat, verdict in zip(files, stats, inspected)])
 
     rows = []
     for (file, label), (sha256, problem) in zip(candidates, inspected):
@@ -102,6 +115,53 @@ def listed_files(root: Path) -> tuple[list[tuple[Path, str]], list[Path]]:
                 else:
                     others.append(file)
     return images, others
+
+
+Stat = tuple[int, int, int, int]  # size, mtime_ns, ctime_ns, inode
+
+
+def file_stat(path: Path) -> Stat | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
+
+
+class ScanCache:
+    """The verdict of ``inspect_image`` on each file of one data set (its SHA-256, or why it is unusable), with the
+    file's size, modification and change times and inode when it was read: a file whose four are unchanged is not
+    read again (git's index trusts the same). A file modified within ``RACY_SECONDS`` of the scan is not kept, since
+    a change in the same tick of the clock would leave its times as they were. One CSV per data set root, replaced
+    whole (atomically) after a scan that read anything; an unreadable cache is ignored and rewritten."""
+
+    RACY_SECONDS = 2.0
+    COLUMNS = ["path", "size", "mtime_ns", "ctime_ns", "inode", "sha256", "problem"]
+
+    def __init__(self, folder: Path, root: Path):
+        self.file = folder / f"scan-{hashlib.sha256(str(Path(root).resolve()).encode()).hexdigest()[:12]}.csv"
+        self.started_ns = time.time_ns()
+        self.known: dict[str, tuple[Stat, tuple[str | None, str | None]]] = {}
+        try:
+            table = pd.read_csv(self.file, dtype={"path": str, "sha256": str, "problem": str}, keep_default_na=False)
+            for path, *stat, sha256, problem in table[self.COLUMNS].itertuples(index=False, name=None):
+                self.known[path] = (tuple(int(v) for v in stat), (sha256 or None, problem or None))
+        except (OSError, ValueError, KeyError, pd.errors.ParserError):
+            self.known = {}
+
+    def get(self, path: str, stat: Stat | None) -> tuple[str | None, str | None] | None:
+        entry = self.known.get(path)
+        return entry[1] if entry is not None and stat is not None and entry[0] == stat else None
+
+    def save(self, verdicts: list[tuple[str, Stat | None, tuple[str | None, str | None]]]) -> None:
+        racy = self.started_ns - int(self.RACY_SECONDS * 1e9)
+        rows = [(path, *stat, sha256 or "", problem or "") for path, stat, (sha256, problem) in verdicts
+                if stat is not None and stat[1] < racy and stat[2] < racy]
+        try:
+            self.file.parent.mkdir(parents=True, exist_ok=True)
+            write_csv(self.file, pd.DataFrame(rows, columns=self.COLUMNS))
+        except OSError:
+            pass  # a cache it cannot write only costs the next scan its time
 
 
 def inspect_image(path: Path) -> tuple[str | None, str | None]:

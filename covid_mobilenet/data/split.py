@@ -48,6 +48,14 @@ def empty_cells(table: pd.DataFrame, labels) -> list[str]:
             if not ((table["split"] == name) & (table["label"] == label)).any()]
 
 
+def majority_label(images: pd.DataFrame, key: str) -> pd.Series:
+    """Each group's most common label (ties: the first by name), indexed by ``key`` in sorted order, counted in one
+    pass: a Python call per group took 7 s for the real data set's 21,165 images."""
+    counts = images.groupby([key, "label"], sort=False).size().rename("count").reset_index()
+    first = counts.sort_values([key, "count", "label"], ascending=[True, False, True], kind="stable").drop_duplicates(key)
+    return first.set_index(key)["label"]
+
+
 def split_images(
     images: pd.DataFrame, *, val_fraction: float = 0.16, test_fraction: float = 0.2, seed: int = 42
 ) -> Split:
@@ -64,9 +72,7 @@ def split_images(
         )
     images = images.sort_values("path", ignore_index=True)
     key = "group" if "group" in images else "sha256"
-    group_label = (
-        images.sort_values([key, "label"]).groupby(key)["label"].agg(lambda labels: labels.mode().iloc[0])
-    )
+    group_label = majority_label(images, key)
     try:
         rest, test = train_test_split(
             group_label, test_size=test_fraction, stratify=group_label, random_state=seed

@@ -39,7 +39,7 @@ def audit(run: Path, *, results_dir: Path | None = None) -> Path:
     metrics = json.loads((Path(run) / METRICS_FILE).read_text())
     params = metrics["params"]
     root = locate_dataset(Path(metrics["dataset"]["root"]))
-    index = scan_dataset(root, strict=params["strict_data"])
+    index = scan_dataset(root, strict=params["strict_data"], cache_dir=resolve_path(params["feature_dir"]))
     split, groups, duplicates = split_for(root, index.images, params, feature_dir=resolve_path(params["feature_dir"]))
     cache = cached_features(index, split, feature_dir=resolve_path(params["feature_dir"]), image_size=params["image_size"],
                             weights=params["weights"], seed=params["seed"], batch_size=params["batch_size"])

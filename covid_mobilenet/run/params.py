@@ -55,7 +55,7 @@ RULES: dict[str, Rule] = {
     "batchnorm_momentum": Rule("float", "None (Keras' 0.99) or a number in (0, 1)", lambda v: 0 < v < 1, optional=True),
     "deterministic": Rule("bool", "True (reproducible TensorFlow ops) or False"),
     "fast": Rule("bool", "False, or True to train the head on cached backbone features (needs train_base=False)"),
-    "feature_dir": Rule("path", "a folder for cached backbone features (fast mode) and image fingerprints"),
+    "feature_dir": Rule("path", "a folder for cached backbone features (fast mode), image fingerprints and scans"),
     "precision": Rule("str", f"one of {', '.join(repr(p) for p in PRECISIONS)}", lambda v: v in PRECISIONS),
     "jit_compile": Rule("bool", "False, or True to compile training with XLA"),
     "input_region": Rule("str", "'full', 'lungs' (only the lungs kept) or 'no_lungs' (the lungs blacked out)",

@@ -87,7 +87,7 @@ def prepare_data(params: dict, runtime: Runtime) -> PreparedData:
     earlier run of the same data, split, image size and weights has cached them.
     """
     root = locate_dataset(None if params["data_dir"] is None else resolve_path(params["data_dir"]))
-    index = scan_dataset(root, strict=params["strict_data"])
+    index = scan_dataset(root, strict=params["strict_data"], cache_dir=resolve_path(params["feature_dir"]))
     targets = checked_calibration_settings(index.class_names)
     split, groups, duplicates = split_for(index.root, index.images, params, feature_dir=resolve_path(params["feature_dir"]))
     results_dir, holdout = resolve_path(params["results_dir"]), None

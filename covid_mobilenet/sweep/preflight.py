@@ -74,7 +74,8 @@ def preflight(jobs: list[Job], mode: Mode, say: Callable[[str], None] = print, h
                     if not mode.demo and is_demo_dataset(root):
                         raise SweepError(f"{root} is the synthetic demo set; run `python run_all.py --demo` for it, so demo numbers never pass for real ones.")
                     say(f"Checking every image under {root}")
-                    indexes[data_dir, params["strict_data"]] = scan_dataset(root, strict=params["strict_data"])
+                    indexes[data_dir, params["strict_data"]] = scan_dataset(root, strict=params["strict_data"],
+                                                                           cache_dir=resolve_path(params["feature_dir"]))
                 index = indexes[data_dir, params["strict_data"]]
                 # near-duplicates grouped once here, their fingerprints cached for every run (data/grouping.py)
                 splits[split_key] = index.root, *split_for(index.root, index.images, params,
