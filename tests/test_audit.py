@@ -117,7 +117,7 @@ def test_holding_out_a_source_moves_its_images_of_that_class_to_test_and_refuses
     split = split_images(index.images, val_fraction=0.16, test_fraction=0.2, seed=42)
     groups = index.images.assign(group=range(len(index.images)))  # no near-duplicate group: nothing else moves
     held, record = hold_out(split, root, "COVID=demo-hospital-A", groups)
-    sheet = pd.read_excel(root / "COVID.metadata.xlsx", dtype=str)
+    sheet = pd.read_excel(root / "COVID.metadata.xlsx", dtype=str, engine="calamine")
     from_a = {f"COVID/images/{name}.png" for name in sheet.loc[sheet["URL"] == "demo-hospital-A", "FILE NAME"]}
     moved = held.table[held.table["path"].isin(from_a)]
     assert record["images"] == len(from_a) == len(moved) and set(moved["split"]) == {"test"}
@@ -305,7 +305,7 @@ def test_holding_out_a_source_leaves_out_the_copies_of_its_images_from_other_sou
     source, _ = films
     root = tmp_path / "COVID-19_Radiography_Dataset"
     shutil.copytree(source, root)
-    sheet = pd.read_excel(root / "COVID.metadata.xlsx", dtype=str)
+    sheet = pd.read_excel(root / "COVID.metadata.xlsx", dtype=str, engine="calamine")
     originals = sheet.loc[sheet["URL"] == "demo-hospital-B", "FILE NAME"].tolist()[:5]
     rng = np.random.default_rng(2)
     for n, name in enumerate(originals):  # several, so that some group lands in train whatever the seed

@@ -54,7 +54,7 @@ def no_metadata(root: Path) -> None:
 def one_source_per_class(root: Path) -> None:
     _remove_copies(root)
     for sheet_file in root.glob("*.metadata.xlsx"):
-        sheet = pd.read_excel(sheet_file, dtype=str)
+        sheet = pd.read_excel(sheet_file, dtype=str, engine="calamine")
         sheet.assign(URL=f"only-{sheet_file.name.split('.')[0]}").to_excel(sheet_file, index=False)
 
 

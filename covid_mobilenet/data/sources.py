@@ -55,11 +55,11 @@ def read_sources(root: str | os.PathLike, paths: list[str], labels: list[str]) -
             problems.append(f"{file.name}: missing; the sources of {class_name} are unknown")
             continue
         try:
-            sheet = pd.read_excel(file, dtype=str)
+            sheet = pd.read_excel(file, dtype=str, engine="calamine")  # 8x openpyxl's speed, and pandas's next default
             missing = [c for c in (NAME_COLUMN, SOURCE_COLUMN) if c not in sheet.columns]
             if missing:
                 raise ValueError(f"no column {', '.join(missing)} (columns: {', '.join(map(str, sheet.columns))})")
-        except Exception as exc:  # openpyxl raises many kinds for a damaged file; each means the same here
+        except Exception as exc:  # a damaged file raises many kinds; each means the same here
             tables[class_name] = UNREADABLE
             problems.append(f"{file.name}: unreadable ({type(exc).__name__}: {str(exc).strip()[:200]}); the sources of {class_name} are unknown")
             continue
