@@ -185,3 +185,24 @@ def test_grad_cam_from_the_cached_maps_equals_grad_cam_through_the_backbone(tiny
     np.testing.assert_allclose(at_output.head_probabilities(maps), probabilities, atol=1e-3)
     with pytest.raises(GradCamError, match="not the backbone's output"):
         GradCam(whole, layer="conv_pw_12_relu").cams_from_maps(maps)
+
+
+def test_pooled_features_are_computed_once_per_entry_and_equal_the_pooled_batches(tmp_path, monkeypatch):
+    """The guard's pooled features come from the entry: the same numbers as pooling the batches the pipelines serve,
+    computed by the first run that asks and read by the others."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    counts, shape = {"train": 37, "val": 5, "test": 0}, (2, 3, 8)
+    for subset, count in counts.items():
+        rng.standard_normal((count, *shape)).astype(np.float16).tofile(tmp_path / f"{subset}.f16")
+    cache = features.FeatureCache(tmp_path, {"counts": counts, "feature_shape": list(shape)}, computed_here=False)
+    monkeypatch.setattr(features, "POOLING_CHUNK", 16)  # several chunks, the last one short
+    for subset, count in counts.items():
+        rows = features.RowReader(tmp_path / f"{subset}.f16", count, shape).rows(np.arange(count))
+        batches = [tf.reduce_mean(tf.cast(rows[i:i + 32], tf.float32), axis=(1, 2)).numpy() for i in range(0, count, 32)]
+        expected = np.concatenate(batches) if batches else np.zeros((0, shape[-1]), np.float32)
+        np.testing.assert_array_equal(cache.pooled(subset), expected)
+        assert (tmp_path / f"{subset}.pooled.f32").is_file()
+    monkeypatch.setattr(features, "RowReader", None)  # the kept files answer: no row is read again
+    assert cache.pooled("train").shape == (37, 8) and cache.pooled("test").shape == (0, 8)

@@ -36,9 +36,11 @@ from ..data.pipeline import AUTOTUNE, SplitPipelines, region_images, split_array
 from ..data.scan import ImageIndex
 from ..data.split import Split
 from .architecture import feature_extractor
+from .pooled import pooled_maps
 
 MANIFEST = "manifest.json"
 FEATURE_DTYPE = np.float16
+POOLING_CHUNK = 512  # rows pooled at once: the real train split's maps are GBs
 
 
 @dataclass
@@ -72,6 +74,26 @@ class FeatureCache:
 
         return SplitPipelines(examples, sizes, batch_size, seed, load_batch=load_batch)
 
+    def pooled(self, subset: str) -> np.ndarray:
+        """One subset's features averaged over their positions (float32, rows in the split table's order), what the
+        unfamiliar-image guard scores: computed from the rows by the first run that asks, kept in the entry
+        (``<subset>.pooled.f32``) for the sweep's other configurations."""
+        count, channels = self.manifest["counts"][subset], self.feature_shape[-1]
+        file = self.folder / f"{subset}.pooled.f32"
+        try:
+            kept = np.fromfile(file, np.float32)
+            if kept.size == count * channels:
+                return kept.reshape(count, channels)
+        except OSError:
+            pass
+        reader = RowReader(self.folder / f"{subset}.f16", count, self.feature_shape)
+        chunks = [pooled_maps(reader.rows(np.arange(start, min(start + POOLING_CHUNK, count))))
+                  for start in range(0, count, POOLING_CHUNK)]
+        pooled = np.concatenate(chunks) if chunks else np.zeros((0, channels), np.float32)
+        with atomic_path(file) as partial:
+            pooled.tofile(partial)
+        return pooled
+
     def rows(self, subset: str) -> np.ndarray:
         """Every cached row of one subset, in the split table's order (float16)."""
         count = self.manifest["counts"][subset]
@@ -98,11 +120,22 @@ class RowReader:
         numbers = np.asarray(numbers, dtype=np.int64)
         out = np.empty((len(numbers), self.row_bytes), np.uint8)
         if len(numbers) and np.array_equal(numbers, np.arange(numbers[0], numbers[0] + len(numbers))):
-            out[:] = self._read(int(numbers[0]), len(numbers)).reshape(out.shape)  # a run of rows: one read
+            self._read_into(out, int(numbers[0]))  # a run of rows: one read, straight into the array
         else:
             for i, number in enumerate(numbers):
                 out[i] = self._read(int(number), 1)
         return out.view(FEATURE_DTYPE).reshape(len(numbers), *self.shape)
+
+    def _read_into(self, out: np.ndarray, first: int) -> None:
+        if not hasattr(os, "preadv"):  # Windows and macOS before 11: no vectored positional read
+            out[:] = self._read(first, len(out)).reshape(out.shape)
+            return
+        view, offset = memoryview(out).cast("B"), first * self.row_bytes
+        while len(view):
+            done = os.preadv(self._descriptor, [view], offset)
+            if done == 0:
+                raise FeatureCacheError(f"{self.path} ended early; delete its folder to recompute it.")
+            view, offset = view[done:], offset + done
 
     def _read(self, first: int, count: int) -> np.ndarray:
         size, offset = count * self.row_bytes, first * self.row_bytes

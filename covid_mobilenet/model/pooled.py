@@ -48,7 +48,7 @@ class PooledOutputs:
         return np.concatenate([self._call(images)[1].numpy() for images, _ in dataset])
 
 
-def pooled_cached(dataset: tf.data.Dataset) -> np.ndarray:
-    """The pooled features of a fast-mode dataset, whose batches are the frozen backbone's cached output: the
-    same average the whole model's backbone gives (within the cache's float16 rounding)."""
-    return np.concatenate([tf.reduce_mean(tf.cast(features, tf.float32), axis=(1, 2)).numpy() for features, _ in dataset])
+def pooled_maps(maps) -> np.ndarray:
+    """Feature maps (N x h x w x C, the frozen backbone's cached output) averaged over their positions, as float32:
+    the same average the whole model's backbone gives (within the cache's float16 rounding)."""
+    return tf.reduce_mean(tf.cast(maps, tf.float32), axis=(1, 2)).numpy()

@@ -1,8 +1,9 @@
 """The unfamiliar-image guard of one run (``analysis/unfamiliar.py``): the pooled backbone features of its training,
 validation and test images, the guard fitted on them, and its record for metrics.json.
 
-In fast mode the features are the cached output of the frozen backbone, pooled (no pass over the images); otherwise
-one inference pass of the trained model's backbone over each subset (``model/pooled.py``).
+In fast mode the features are the cached output of the frozen backbone, pooled once per sweep (no pass over the
+images, ``FeatureCache.pooled``); otherwise one inference pass of the trained model's backbone over each subset
+(``model/pooled.py``).
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 import keras
 
 from ..analysis import unfamiliar as unfamiliar_analysis
-from ..model.pooled import PooledOutputs, pooled_cached
+from ..model.pooled import PooledOutputs
 from .shortcut_checks import ShortcutAnalysis
 
 
@@ -30,7 +31,7 @@ def fit_run_guard(whole: keras.Model, data, analysis: ShortcutAnalysis, params: 
     that source's test images from the others (AUROC). ``data``: the run's ``steps.PreparedData``."""
     started = time.perf_counter()
     if data.features is not None:  # fast mode: the cached output of the frozen backbone, pooled
-        features = {subset: pooled_cached(data.pipelines.batches(subset)) for subset in ("train", "val", "test")}
+        features = {subset: data.features.pooled(subset) for subset in ("train", "val", "test")}
     else:
         pooled = PooledOutputs(whole)
         features = {subset: pooled.over(data.pipelines.batches(subset)) for subset in ("train", "val", "test")}
