@@ -90,3 +90,20 @@ def test_the_duplicates_benchmark_finds_every_known_copy_and_no_false_match(tmp_
     assert full["images"] == 100 and full["found"] == full["planted"] > 0 and full["false_match_groups"] == 0
     assert full["first_seconds"] > full["cached_seconds"] >= 0
     assert "planted copies found" in capsys.readouterr().out
+
+
+def test_the_full_size_sweep_alone_is_added_beside_the_reference_speed(tmp_path, monkeypatch):
+    """--full-size-only: the sweep's figures (measure_full_size, tested above) go into the output file with this
+    machine's reference speed, the other figures kept."""
+    measured = []
+    monkeypatch.setattr(sweeps, "measure_full_size", lambda root, image_size: measured.append((root, image_size)) or {
+        "images": 100, "cold": {"wall_seconds": 60.0}, "warm": {"wall_seconds": 30.0}})
+    monkeypatch.setattr(cli, "ensure_data", lambda root, images: root)
+    monkeypatch.setattr(cli, "reference_speed", lambda args: 16.5)
+    output = tmp_path / "bench.json"
+    output.write_text(json.dumps({"pipeline_speedup": 40.0}))
+    assert cli.main(["--full-size-only", "--image-size", "64", "--data-dir", str(tmp_path), "--output", str(output)]) == 0
+    bench = json.loads(output.read_text())
+    assert measured == [(tmp_path / "full", 64)]
+    assert bench["pipeline_speedup"] == 40.0 and bench["full_size"]["reference_speed"] == 16.5
+    assert bench["full_size"]["cold"] == {"wall_seconds": 60.0} and "cpu" in bench["full_size"]["machine"]

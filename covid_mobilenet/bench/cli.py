@@ -1,7 +1,8 @@
 """The speed benchmark: every figure measured side by side in one run, on generated data of the real size.
 
     python -m covid_mobilenet.benchmark              # 2,000 images of 299x299 at image_size 224, about 15 min on 2 cores
-    python -m covid_mobilenet.benchmark --full-size  # adds the memory check: one fast configuration on 21,165 images
+    python -m covid_mobilenet.benchmark --full-size  # adds the seven-configuration fast sweep on 21,165 images
+    python -m covid_mobilenet.benchmark --full-size-only  # only that sweep (about 20 min), into bench.json
     python -m covid_mobilenet.benchmark --duplicates # only the near-duplicate figures (a few minutes), into bench.json
     python -m covid_mobilenet.benchmark --unfamiliar # only the unfamiliar-image guard's figures on a run (--run), into bench.json
 
@@ -26,7 +27,8 @@ It prints a table and writes ``results/bench.json`` with:
 - ``peak_rss_gib``: this process's peak resident memory;
 - with ``--full-size``: the seven-configuration ``run_all.py --fast`` sweep on 21,165 generated images, with an empty
   feature cache (``full_size.cold``) and again with ``--force`` on the cache it left (``full_size.warm``): wall
-  time, the backbone's pass, the heads' training, and the largest peak memory of its notebook kernels;
+  time, the backbone's pass, the heads' training, and the largest peak memory of its notebook kernels
+  (``--full-size-only``: that sweep alone, with this machine's reference speed beside it);
 - ``duplicates`` (``--duplicates``, ``bench/duplicates.py``): recall on known near-copies and false matches among
   known distinct films, and the seconds to fingerprint and group the 21,165-image set, first and cached;
 - ``demo`` and ``demo_fast`` (``--demo-timing``): the first ``run_all.py --demo`` (and ``--demo --fast``) as it timed
@@ -56,7 +58,7 @@ FULL_SIZE_IMAGES = 21_165  # the real release's size
 
 DATA_DIR = PROJECT_ROOT / "data" / "bench"
 DEMO_TIMING = PROJECT_ROOT / "results" / "demo" / "timing.json"
-KEPT = ("duplicates", "unfamiliar", "demo", "demo_fast")  # measured apart, by their own options: a full run keeps them
+KEPT = ("duplicates", "unfamiliar", "demo", "demo_fast", "full_size")  # measured apart, by their own options: a full run keeps them
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--full-size", action="store_true",
                         help=f"also run the seven-configuration --fast sweep on {FULL_SIZE_IMAGES:,} generated images, with "
                              "an empty feature cache and again with the cache it left: time and peak memory")
+    parser.add_argument("--full-size-only", action="store_true",
+                        help="measure only the full-size sweep (cold and warm) and add it to the output file, beside "
+                             "this machine's reference speed")
     parser.add_argument("--duplicates", action="store_true", help="measure only the near-duplicate search (recall, false "
                         f"matches, time on {FULL_SIZE_IMAGES:,} images) and add it to the output file")
     parser.add_argument("--unfamiliar", action="store_true", help="measure only the unfamiliar-image guard's two scores "
@@ -91,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         return measure_guard(args)
     if args.demo_timing:
         return record_demo_timing(args)
+    if args.full_size_only:
+        return measure_full_size_alone(args)
 
     from ..data.scan import scan_dataset
     from .quantization import measure_quantization, quantization_run
@@ -199,18 +206,41 @@ def record_demo_timing(args) -> int:
     if problem:
         print(f"benchmark: {source}: {problem}", file=sys.stderr)
         return 2
+    speed = reference_speed(args)
+    bench = json.loads(args.output.read_text()) if args.output.is_file() else {}
+    key = "demo_fast" if timing["fast"] else "demo"
+    bench[key] = {**timing, "reference_speed": speed, "machine": machine()}
+    print(f"{key}: {timing['total_seconds']:.0f} s at {timing['git_commit'][:7]}, on a machine training "
+          f"{speed:.1f} images/s (the benchmark's reference)")
+    publish(bench, args.output)
+    return 0
+
+
+def measure_full_size_alone(args) -> int:
+    """``--full-size-only``: the full-size sweep, cold and warm, added to the output file beside this machine's
+    reference speed (measured after it, so the sweep starts on an idle machine)."""
+    from .sweeps import measure_full_size
+
+    full = measure_full_size(ensure_data(args.data_dir / "full", FULL_SIZE_IMAGES), args.image_size)
+    full["reference_speed"] = reference_speed(args)
+    full["machine"] = machine()
+    bench = json.loads(args.output.read_text()) if args.output.is_file() else {}
+    bench["full_size"] = full
+    print(f"full size: cold {full['cold']['wall_seconds'] / 60:.1f} min, warm {full['warm']['wall_seconds'] / 60:.1f} "
+          f"min, on a machine training {full['reference_speed']:.1f} images/s (the benchmark's reference)")
+    publish(bench, args.output)
+    return 0
+
+
+def reference_speed(args) -> float:
+    """This machine's training images/s on the benchmark's set (``training.ceiling``): what makes seconds measured on
+    two machines comparable."""
     from ..data.scan import scan_dataset
     from .throughput import measure_training
 
     root = ensure_data(args.data_dir / f"{args.images}", args.images)
     training, _ = measure_training(scan_dataset(root), args.image_size, args.batch_size, args.steps)
-    bench = json.loads(args.output.read_text()) if args.output.is_file() else {}
-    key = "demo_fast" if timing["fast"] else "demo"
-    bench[key] = {**timing, "reference_speed": training["ceiling"], "machine": machine()}
-    print(f"{key}: {timing['total_seconds']:.0f} s at {timing['git_commit'][:7]}, on a machine training "
-          f"{training['ceiling']:.1f} images/s (the benchmark's reference)")
-    publish(bench, args.output)
-    return 0
+    return training["ceiling"]
 
 
 def demo_timing_problem(timing: dict) -> str | None:
