@@ -53,6 +53,7 @@ def _per_second(value) -> str:
 DEMO_TIMING = "`run_all.py --demo` from a fresh clone, then `python -m covid_mobilenet.benchmark --demo-timing`"
 DEMO_FAST_TIMING = DEMO_TIMING.replace("--demo`", "--demo --fast`")
 DUPLICATES = "`python -m covid_mobilenet.benchmark --duplicates`"
+FULL_SIZE_ALONE = "`python -m covid_mobilenet.benchmark --full-size-only`"
 
 FIGURES: dict[str, Figure] = {
     "bench_commit": Figure(("machine", "git_commit"), lambda value: value[:7], "the code the benchmark measured"),
@@ -84,6 +85,11 @@ FIGURES: dict[str, Figure] = {
                               "of the cold sweep: the seven heads' training"),
     "full_size_peak": Figure(("full_size", "peak_rss_gib"), lambda value: f"{value:.2f} GiB",
                              "the largest notebook kernel's peak memory in those sweeps"),
+    "full_size_commit": Figure(("full_size", "machine", "git_commit"), lambda value: value[:7],
+                               "the code the full-size sweep measured, when measured apart", FULL_SIZE_ALONE),
+    "full_size_reference_speed": Figure(("full_size", "reference_speed"), _per_second,
+                                        "the benchmark's reference speed on the machine that ran the full-size sweep, "
+                                        "when measured apart", FULL_SIZE_ALONE),
     "duplicates_recall": Figure(("duplicates", "recall_all"), lambda value: f"{value:.0%}",
                                 "near-duplicate search: known copies found (five transformations of generated films)",
                                 DUPLICATES),
