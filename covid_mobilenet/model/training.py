@@ -197,7 +197,12 @@ def one_call_per_epoch(model: keras.Model, steps_per_epoch: int):
     """Keras runs each epoch's steps in one call of its training function (``steps_per_execution``), not one call per
     batch from Python: the same steps in the same order, so the same weights, without Keras's per-batch work (a head
     on cached features spends more time there than in its batches). The callbacks act per epoch. Afterwards the
-    model runs one step per call again, so predict and evaluate see it as compiled."""
+    model runs one step per call again, so predict and evaluate see it as compiled. Under a strategy of several
+    replicas, one step per call as before."""
+    if model.distribute_strategy.num_replicas_in_sync > 1:
+        # Keras 3.15's multi-step loop fails on MirroredStrategy's iterator ("Placeholder"): one step per call there
+        yield
+        return
     compiled = model.steps_per_execution
     model.steps_per_execution = max(1, int(steps_per_epoch))
     model.train_function = model.test_function = None  # built again, for the steps per call they are used with
