@@ -120,34 +120,31 @@ class RowReader:
         numbers = np.asarray(numbers, dtype=np.int64)
         out = np.empty((len(numbers), self.row_bytes), np.uint8)
         if len(numbers) and np.array_equal(numbers, np.arange(numbers[0], numbers[0] + len(numbers))):
-            self._read_into(out, int(numbers[0]))  # a run of rows: one read, straight into the array
+            self._read_into(out, int(numbers[0]))  # a run of rows: one read
         else:
             for i, number in enumerate(numbers):
-                out[i] = self._read(int(number), 1)
+                self._read_into(out[i:i + 1], int(number))
         return out.view(FEATURE_DTYPE).reshape(len(numbers), *self.shape)
 
     def _read_into(self, out: np.ndarray, first: int) -> None:
-        if not hasattr(os, "preadv"):  # Windows and macOS before 11: no vectored positional read
-            out[:] = self._read(first, len(out)).reshape(out.shape)
-            return
+        """Rows from ``first`` on into ``out`` (whole rows of bytes), straight into its memory where the system can."""
         view, offset = memoryview(out).cast("B"), first * self.row_bytes
         while len(view):
-            done = os.preadv(self._descriptor, [view], offset)
+            if hasattr(os, "preadv"):
+                done = os.preadv(self._descriptor, [view], offset)
+            else:  # Windows and macOS before 11: read, then copy
+                data = self._read(len(view), offset)
+                view[:len(data)], done = data, len(data)
             if done == 0:
                 raise FeatureCacheError(f"{self.path} ended early; delete its folder to recompute it.")
             view, offset = view[done:], offset + done
 
-    def _read(self, first: int, count: int) -> np.ndarray:
-        size, offset = count * self.row_bytes, first * self.row_bytes
+    def _read(self, size: int, offset: int) -> bytes:
         if hasattr(os, "pread"):
-            data = os.pread(self._descriptor, size, offset)
-        else:  # Windows: no positional read
-            with self._lock:
-                os.lseek(self._descriptor, offset, os.SEEK_SET)
-                data = os.read(self._descriptor, size)
-        if len(data) != size:
-            raise FeatureCacheError(f"{self.path} ended early; delete its folder to recompute it.")
-        return np.frombuffer(data, np.uint8)
+            return os.pread(self._descriptor, size, offset)
+        with self._lock:  # Windows: no positional read
+            os.lseek(self._descriptor, offset, os.SEEK_SET)
+            return os.read(self._descriptor, size)
 
     def __del__(self):
         if getattr(self, "_descriptor", None) is not None:
