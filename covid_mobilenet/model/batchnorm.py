@@ -28,16 +28,29 @@ def batchnorm_layers(model: keras.Model) -> list[keras.layers.BatchNormalization
 
 def recalibrate(model: keras.Model, batches: tf.data.Dataset) -> int:
     """Set each BatchNorm layer's moving statistics to the mean of its batch statistics over ``batches`` of
-    (images, labels); the number of batches. Batch k gets momentum (k - 1) / k: a running mean, exactly.
-    The batches should mix the classes as training's did: a batch of one class has a smaller variance."""
+    (images, labels); the number of batches. The batches should mix the classes as training's did: a batch of
+    one class has a smaller variance.
+
+    With momentum 0 a training-mode pass leaves exactly its batch's statistics in the moving ones; they are
+    read after each batch and averaged. One compiled pass serves every batch (the momentum is a constant of
+    the trace, which is why it is not changed batch by batch)."""
     layers = [layer for layer in batchnorm_layers(model) if layer.trainable]
     momenta = [layer.momentum for layer in layers]
+    sums = [[np.zeros(layer.moving_mean.shape), np.zeros(layer.moving_variance.shape)] for layer in layers]
     count = 0
     try:
+        for layer in layers:
+            layer.momentum = 0.0
+        forward = _compiled(lambda images: model(images, training=True), batches)
         for count, (images, _) in enumerate(batches, start=1):
-            for layer in layers:
-                layer.momentum = (count - 1) / count
-            model(images, training=True)  # eager: each BatchNorm reads its momentum at every call
+            forward(images)
+            for (means, variances), layer in zip(sums, layers):
+                means += np.asarray(layer.moving_mean)
+                variances += np.asarray(layer.moving_variance)
+        for (means, variances), layer in zip(sums, layers):
+            if count:
+                layer.moving_mean.assign(means / count)
+                layer.moving_variance.assign(variances / count)
     finally:
         for layer, momentum in zip(layers, momenta):
             layer.momentum = momentum
@@ -47,9 +60,11 @@ def recalibrate(model: keras.Model, batches: tf.data.Dataset) -> int:
 def accuracy(model: keras.Model, batches: tf.data.Dataset, *, batchnorm_training: bool = False) -> float:
     """Accuracy over ``batches`` of (images, labels) in inference mode, or with the BatchNorm layers on their batch
     statistics (``batchnorm_training``; Dropout stays off). The latter moves the moving statistics: recalibrate after."""
+    forward = _compiled((lambda images: _call(model, images)) if batchnorm_training
+                        else (lambda images: model(images, training=False)), batches)
     right = total = 0
     for images, labels in batches:
-        probabilities = _call(model, images) if batchnorm_training else model(images, training=False)
+        probabilities = forward(images)
         right += int(np.sum(np.argmax(np.asarray(probabilities), axis=1) == np.asarray(labels)))
         total += int(labels.shape[0])
     return right / max(total, 1)
@@ -63,3 +78,10 @@ def _call(model: keras.Model, images):
             continue
         x = layer(x, training=isinstance(layer, keras.Model))
     return x
+
+
+def _compiled(forward, batches):
+    """``forward`` as one graph for every batch of ``batches``: traced once for a dataset (its element spec leaves
+    the batch size open, so a last, smaller batch does not trace it again), once per shape for a list."""
+    spec = getattr(batches, "element_spec", None)
+    return tf.function(forward, input_signature=[spec[0]]) if spec is not None else tf.function(forward)
