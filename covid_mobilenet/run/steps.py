@@ -172,15 +172,14 @@ def split_predictions(model: keras.Model, data: PreparedData) -> dict[str, pd.Da
     """Every image's true class, predicted class and class probabilities, per subset, in split order."""
     tables = {}
     for subset in ("train", "val", "test"):
-        labels, probabilities = predicted_probabilities(model, data.pipelines.batches(subset))
+        probabilities = predicted_probabilities(model, data.pipelines.batches(subset))  # in the split table's order
         rows = data.split.subset(subset)
-        table = pd.DataFrame({"path": rows["path"].to_numpy(), "split": subset,
-                              "true": [data.class_names[i] for i in labels],
+        if len(probabilities) != len(rows):
+            raise RuntimeError(f"{len(probabilities)} {subset} predictions for the split table's {len(rows)} images")
+        table = pd.DataFrame({"path": rows["path"].to_numpy(), "split": subset, "true": rows["label"].to_numpy(),
                               "predicted": [data.class_names[i] for i in probabilities.argmax(axis=1)]})
         for i, name in enumerate(data.class_names):
             table[f"p_{name}"] = probabilities[:, i]
-        if (table["true"].to_numpy() != rows["label"].to_numpy()).any():
-            raise RuntimeError(f"the {subset} predictions are not in the split table's order")
         tables[subset] = table
     return tables
 
