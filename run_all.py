@@ -267,15 +267,17 @@ def main(argv: list[str] | None = None) -> int:
                   f"(the same command without --summary-only), or wait for its Slurm tasks.", file=sys.stderr)
             return 1
         return finish(args, mode, config_file, seeds, jobs, outcomes, started, externals, partial_ok=False)
+    early = {}  # the data set's audit, when it ran in the slot the last local runs left free
     if args.backend == "slurm":
         ran = run_in_slurm(args, to_run, results_dir, mode, argv)
     else:
         running = time.perf_counter()
-        ran = run_locally(args, to_run, len(jobs), len(outcomes))
+        ran = run_locally(args, to_run, len(jobs), len(outcomes), beside_last=lambda: early.update(audit_early(mode, jobs)))
         phases[RUNS_PHASE] = time.perf_counter() - running
     if isinstance(ran, int):  # interrupted, or submitted without waiting
         return ran
-    return finish(args, mode, config_file, seeds, jobs, outcomes + ran, started, externals, phases=phases)
+    return finish(args, mode, config_file, seeds, jobs, outcomes + ran, started, externals, phases=phases,
+                  audited=early.get("audit"))
 
 
 def progress_bar(total: int, done: int):
@@ -292,14 +294,16 @@ def progress_bar(total: int, done: int):
 
 
 RUNS_PHASE = "runs"  # the local pool's time, named with its count once the sweep is done
+AUDIT_BESIDE = "audit (beside the last runs)"  # the audit in a slot the last runs left free: part of the runs' time
 
 
-def run_locally(args, to_run, total: int, done: int):
+def run_locally(args, to_run, total: int, done: int, beside_last=None):
     from covid_mobilenet.sweep.local import run_jobs
 
     progress, report = progress_bar(total, done)
     try:
-        return run_jobs(to_run, kernel=args.kernel, parallel=args.jobs, on_done=report, cell_progress=sys.stderr.isatty())
+        return run_jobs(to_run, kernel=args.kernel, parallel=args.jobs, on_done=report, cell_progress=sys.stderr.isatty(),
+                        beside_last=beside_last)
     except KeyboardInterrupt:
         print("\nInterrupted. Finished experiments are kept; run the same command again to resume.", file=sys.stderr)
         return 130
@@ -364,9 +368,18 @@ def dry_run(args, to_run, results_dir, mode) -> int:
     return 0
 
 
-def finish(args, mode, config_file, seeds, jobs, outcomes, started, externals=(), partial_ok=True, phases=None) -> int:
-    """The evaluations on other collections, the summary over what has finished, the closing table, the export; 1
-    when anything failed."""
+def audit_early(mode, jobs) -> dict:
+    """The data set's audit beside the last runs, when the sweep's first run (the one it is made from) has finished."""
+    from covid_mobilenet.common.run_layout import METRICS_FILE
+    from covid_mobilenet.sweep.notebooks import audit_data
+
+    return {"audit": audit_data(mode, jobs)} if (jobs[0].run_dir / METRICS_FILE).is_file() else {}
+
+
+def finish(args, mode, config_file, seeds, jobs, outcomes, started, externals=(), partial_ok=True, phases=None,
+           audited=None) -> int:
+    """The data set's audit (unless ``audited`` beside the last runs), the evaluations on other collections, the
+    summary over what has finished, the closing table, the export; 1 when anything failed."""
     from covid_mobilenet.common.paths import resolve_path
     from covid_mobilenet.sweep.external import evaluate_external
     from covid_mobilenet.sweep.notebooks import audit_data, export_best, run_summary
@@ -374,7 +387,8 @@ def finish(args, mode, config_file, seeds, jobs, outcomes, started, externals=()
 
     order = {job.name: i for i, job in enumerate(jobs)}
     outcomes.sort(key=lambda outcome: order[outcome.name])
-    audited = audit_data(mode, jobs)  # the data set's audit, from a finished run, before the summary reads it
+    early_audit = audited is not None
+    audited = audited or audit_data(mode, jobs)  # the data set's audit, from a finished run, before the summary reads it
     evaluated = evaluate_external(list(externals), [job.run_dir for job in jobs])  # before the summary reads them
     summary = run_summary(mode, config_file, args.kernel, seeds)
     print()
@@ -384,8 +398,9 @@ def finish(args, mode, config_file, seeds, jobs, outcomes, started, externals=()
     ran = f"{sum(outcome.status != 'skipped' for outcome in outcomes)} runs ({args.jobs} at once)"
     spent = {(ran if name == RUNS_PHASE else name): seconds for name, seconds in phases.items()}
     spent.update({outcome.name: outcome.seconds for outcome in [audited, *evaluated, summary]})
-    write_timing(mode, total, spent, phases.get(RUNS_PHASE), outcomes, len(jobs), "demo backbone" in phases)
-    print(f"\ntotal {total:.0f} s: " + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in spent.items())
+    beside = {AUDIT_BESIDE: spent.pop(audited.name)} if early_audit else {}  # within the runs' time, not after it
+    write_timing(mode, total, {**spent, **beside}, phases.get(RUNS_PHASE), outcomes, len(jobs), "demo backbone" in phases)
+    print(f"\ntotal {total:.0f} s: " + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in {**spent, **beside}.items())
           + f", the rest (checks, start-up) {max(total - sum(spent.values()), 0):.0f} s; summary: "
             f"{resolve_path(mode.results_dir) / 'summary.md'}")
     exported = []

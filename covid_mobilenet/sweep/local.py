@@ -6,7 +6,7 @@ import multiprocessing
 import os
 import shutil
 import subprocess
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from typing import Callable
 
 from .notebooks import execute
@@ -44,9 +44,13 @@ def _execute_in_worker(job: Job, kernel: str, cell_progress: bool) -> Outcome:
 
 
 def run_jobs(
-    jobs: list[Job], *, kernel: str, parallel: int, on_done: Callable[[Outcome], None], cell_progress: bool
+    jobs: list[Job], *, kernel: str, parallel: int, on_done: Callable[[Outcome], None], cell_progress: bool,
+    beside_last: Callable[[], None] | None = None,
 ) -> list[Outcome]:
-    """Run the jobs one after another, or ``parallel`` at once (one GPU each when there are GPUs)."""
+    """Run the jobs one after another, or ``parallel`` at once (one GPU each when there are GPUs).
+
+    ``beside_last``: work for the slot the last runs leave free (the data set's audit), started once a run has
+    finished and fewer runs are left than slots, and waited for before returning; never with one slot."""
     if parallel <= 1:
         outcomes = []
         for job in jobs:
@@ -60,9 +64,15 @@ def run_jobs(
     for slot in range(parallel):
         slots.put((slot, gpus[slot % len(gpus)] if gpus else None))
     outcomes = []
-    with ProcessPoolExecutor(parallel, mp_context=context, initializer=_bind_worker_to_device, initargs=(slots,)) as pool:
+    with ProcessPoolExecutor(parallel, mp_context=context, initializer=_bind_worker_to_device, initargs=(slots,)) as pool, \
+            ThreadPoolExecutor(1) as beside:
         futures = {pool.submit(_execute_in_worker, job, kernel, cell_progress): job for job in jobs}
+        side = None
         for future in as_completed(futures):
             outcomes.append(future.result())
             on_done(outcomes[-1])
+            if beside_last is not None and side is None and 0 < len(jobs) - len(outcomes) < parallel:
+                side = beside.submit(beside_last)
+        if side is not None:
+            side.result()
     return outcomes  # in completion order; run_all.py sorts the closing table
