@@ -47,10 +47,9 @@ def recalibrate(model: keras.Model, batches: tf.data.Dataset) -> int:
             for (means, variances), layer in zip(sums, layers):
                 means += np.asarray(layer.moving_mean)
                 variances += np.asarray(layer.moving_variance)
-        for (means, variances), layer in zip(sums, layers):
-            if count:
-                layer.moving_mean.assign(means / count)
-                layer.moving_variance.assign(variances / count)
+        for (means, variances), layer in zip(sums if count else [], layers):  # no batches: statistics untouched
+            layer.moving_mean.assign(means / count)
+            layer.moving_variance.assign(variances / count)
     finally:
         for layer, momentum in zip(layers, momenta):
             layer.momentum = momentum
