@@ -187,6 +187,77 @@ def test_grad_cam_from_the_cached_maps_equals_grad_cam_through_the_backbone(tiny
         GradCam(whole, layer="conv_pw_12_relu").cams_from_maps(maps)
 
 
+def test_one_pass_gives_the_predictions_the_guard_features_and_grad_cam(tiny_root, backbone_file):
+    """A run's predictions pass also gives the guard's pooled features and, at the backbone's output, Grad-CAM: each
+    equal to what its own pass computes (predict; the backbone alone, pooled; Grad-CAM through the backbone)."""
+    from covid_mobilenet.model.architecture import build_model, feature_extractor
+    from covid_mobilenet.model.gradcam import GradCam
+    from covid_mobilenet.model.inference import predicted_probabilities
+    from covid_mobilenet.model.pooled import PooledOutputs
+
+    whole = build_model(4, image_size=64, weights=str(backbone_file), train_base=False, batchnorm_momentum=0.99,
+                        hidden_layers=1, dense_units=8, dropout=0.5, seed=3)
+    paths = [str(p) for p in sorted(tiny_root.glob("*/images/*.png"))[:12]]
+    batches = decoded(paths, [0] * len(paths), image_size=64).batch(5)  # three batches, the last one short
+    images = np.concatenate([batch.numpy() for batch, _ in batches])
+    at_output = GradCam(whole, layer="conv_pw_13_relu")
+    found = PooledOutputs(whole).pass_over(batches, at_output)
+
+    np.testing.assert_allclose(found.probabilities, predicted_probabilities(whole, batches), atol=1e-6)
+    np.testing.assert_allclose(found.probabilities.sum(axis=1), 1.0, atol=1e-12)
+    pooled = feature_extractor(64, str(backbone_file), 3)(images).numpy().mean(axis=(1, 2))
+    np.testing.assert_allclose(found.pooled, pooled, rtol=1e-3, atol=1e-5 * np.abs(pooled).max())  # other batches
+    cams, probabilities = at_output.cams(images)
+    assert found.cams.shape == (12, 2, 2) and cams.max() > 0
+    np.testing.assert_allclose(found.cams, cams, rtol=1e-5, atol=1e-6 * cams.max())
+    np.testing.assert_array_equal(found.cam_classes, probabilities.argmax(axis=1))
+    assert PooledOutputs(whole).pass_over(batches).cams is None  # no Grad-CAM asked, none made
+    with pytest.raises(ValueError, match="not the backbone's output"):
+        PooledOutputs(whole).pass_over(batches, GradCam(whole, layer="conv_pw_12_relu"))
+
+
+@pytest.mark.slow
+def test_a_run_without_the_cache_passes_its_images_once_for_predictions_guard_and_grad_cam(tmp_path, tiny_root,
+                                                                                          backbone_file, monkeypatch):
+    """Without the feature cache, the guard and Grad-CAM at the backbone's output take what the predictions pass
+    computed (one pass per subset, none more), and the shortcut checks equal those of a pass through the backbone."""
+    from covid_mobilenet.model import gradcam, pooled
+    from covid_mobilenet.run.shortcut_checks import analyse
+
+    monkeypatch.setattr(gradcam, "choose_layer", lambda backbone: "conv_pw_13_relu")  # the output: 2 x 2 at 64 px
+    passes = []
+    original = pooled.PooledOutputs.pass_over
+
+    def counting(self, dataset, gradcam=None):
+        passes.append(gradcam is not None)
+        return original(self, dataset, gradcam)
+
+    monkeypatch.setattr(pooled.PooledOutputs, "pass_over", counting)
+
+    def pooled_head(x, num_classes, hidden_layers, dense_units, dropout, seed):  # its heatmaps have positive energy
+        x = keras.layers.GlobalAveragePooling2D(name="pooling")(x)
+        return keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name="predictions")(x)
+
+    run = steps.run_experiment(frozen_params(tmp_path, tiny_root, image_size=64, weights=str(backbone_file)),
+                               head=pooled_head)
+    assert passes == [False, False, True], "one pass per subset, Grad-CAM's with the test images', the guard's none"
+    assert set(run.predictions.pooled) == {"train", "val", "test"}
+    assert run.unfamiliar.record["test_flagged"]["of"] == len(run.predictions["test"])
+
+    images = np.concatenate([batch.numpy() for batch, _ in run.data.pipelines.batches("test")])
+    cams, probabilities = gradcam.GradCam(run.whole).cams(images)
+    np.testing.assert_allclose(run.predictions.test_cams[0], cams, rtol=1e-4, atol=1e-5 * cams.max())
+    np.testing.assert_array_equal(run.predictions.test_cams[1], probabilities.argmax(axis=1))
+    params = run.params
+    through = analyse(run.whole, run.data.root, run.predictions["test"], run.data.class_names,
+                      image_size=params["image_size"], input_region="full", batch_size=16, title="through")
+    shared, direct = run.analysis.table, through.table
+    assert shared["energy_in_lungs"].notna().sum() >= 10, "heatmaps with positive energy to compare"
+    np.testing.assert_array_equal(shared["gradcam_class"], direct["gradcam_class"])
+    np.testing.assert_allclose(shared["energy_in_lungs"].to_numpy(float), direct["energy_in_lungs"].to_numpy(float),
+                               atol=1e-6, equal_nan=True)
+
+
 def test_pooled_features_are_computed_once_per_entry_and_equal_the_pooled_batches(tmp_path, monkeypatch):
     """The guard's pooled features come from the entry: the same numbers as pooling the batches the pipelines serve,
     computed by the first run that asks and read by the others."""

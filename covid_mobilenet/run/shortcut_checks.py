@@ -22,7 +22,9 @@ Nanni 2020). For every run, on its test images:
 In fast mode (a frozen backbone, its features cached) nothing here passes an image through the backbone twice in a
 sweep: the region images' features are cached like the split's (``features.cached_region_features``, shared by
 every configuration), the head alone answers them, and Grad-CAM, when it taps the backbone's output (7x7 at 224
-pixels), comes from the cached maps and the head's gradients, which is exact for a frozen backbone.
+pixels), comes from the cached maps and the head's gradients, which is exact for a frozen backbone. Without the cache,
+Grad-CAM at the backbone's output comes from the run's predictions pass (``test_cams``, ``steps.split_predictions``):
+the same maps and the same gradients, with no second pass over the test images.
 
 A heatmap is evidence, not proof: Grad-CAM is coarse (7x7 at 224 pixels) and shows where the
 gradient of one class score is large, not what the model "understood".
@@ -69,9 +71,11 @@ class ShortcutAnalysis:
 
 def analyse(model: keras.Model, root: Path, test: pd.DataFrame, class_names: list[str], *,
             image_size: int, input_region: str, batch_size: int, title: str,
-            cached: CachedInputs | None = None) -> ShortcutAnalysis:
+            cached: CachedInputs | None = None, test_cams: tuple[np.ndarray, np.ndarray] | None = None
+            ) -> ShortcutAnalysis:
     """Every check of the module docstring on the test predictions ``test`` (path, true, predicted, p_<class>);
-    ``cached``: in fast mode, the backbone's cached features, used instead of passes over the images."""
+    ``cached``: in fast mode, the backbone's cached features, used instead of passes over the images; ``test_cams``:
+    the test images' Grad-CAM at the backbone's output and the class of each, from the predictions pass."""
     root = Path(root)
     test = test.reset_index(drop=True)
     checked = masks.check_masks(root, test["path"])
@@ -102,10 +106,10 @@ def analyse(model: keras.Model, root: Path, test: pd.DataFrame, class_names: lis
         regions[region] = above_majority(correct, len(masked), float(majority.iloc[0]) if len(majority) else None)
 
     marker = _planted_marker(root, image_size)
-    maps = cached.test if cached is not None and gradcam.taps_backbone_output else None  # Grad-CAM from the cache
-    energy = _energies(gradcam, [paths[i] for i in masked], [mask_paths[i] for i in masked], image_size, input_region,
-                       batch_size, class_names, marker_box=None if marker is None else marker["box_mask"],
-                       maps=None if maps is None else maps[masked])
+    heatmaps = _known_heatmaps(gradcam, cached, test_cams)
+    energy = _energies(gradcam, masked, [paths[i] for i in masked], [mask_paths[i] for i in masked], image_size,
+                       input_region, batch_size, class_names, marker_box=None if marker is None else marker["box_mask"],
+                       heatmaps=heatmaps)
     for column, values in energy.items():
         table.loc[masked, column] = values
     shortcuts = {
@@ -122,8 +126,24 @@ def analyse(model: keras.Model, root: Path, test: pd.DataFrame, class_names: lis
     if marker is not None:
         shortcuts["planted_marker"] = _marker_summary(table.loc[masked], marker)
     metrics = {"shortcuts": shortcuts, "sources": sources.summarise(test, origin)}
-    panel = _panel(gradcam, test, paths, mask_paths, has_mask, class_names, image_size, input_region, title, maps)
+    panel = _panel(gradcam, test, paths, mask_paths, has_mask, class_names, image_size, input_region, title, heatmaps)
     return ShortcutAnalysis(metrics, table, panel)
+
+
+Heatmaps = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]  # test row numbers -> (heatmaps, class of each)
+
+
+def _known_heatmaps(gradcam: GradCam, cached: CachedInputs | None, test_cams) -> Heatmaps | None:
+    """The test images' heatmaps without a pass over them, where Grad-CAM taps the backbone's output: those the
+    predictions pass computed, or from the cached maps; None: only a pass through the backbone gives them."""
+    if test_cams is not None:
+        return lambda rows: (test_cams[0][rows], test_cams[1][rows])
+    if cached is not None and gradcam.taps_backbone_output:
+        def from_maps(rows):
+            cams, probabilities = gradcam.cams_from_maps(cached.test[rows])
+            return cams, probabilities.argmax(axis=1)
+        return from_maps
+    return None
 
 
 def _images(paths, mask_paths, image_size, region, batch_size) -> tf.data.Dataset:
@@ -137,32 +157,37 @@ def _predict(model, paths, mask_paths, image_size, region, batch_size, num_class
     return np.asarray(model.predict(_images(paths, mask_paths, image_size, region, batch_size), verbose=0), np.float64)
 
 
-def _energies(gradcam: GradCam, paths, mask_paths, image_size, input_region, batch_size, class_names,
-              marker_box, maps: np.ndarray | None = None) -> dict[str, list]:
-    """Per image: the Grad-CAM class, the energy share inside the lungs, the lungs' share of the image, and the
-    energy share inside the planted marker's box (demo only). The heatmaps are of the images the model was
-    trained on (its input region); with ``maps`` (the cached backbone output of those images), from them."""
+def _energies(gradcam: GradCam, rows: np.ndarray, paths, mask_paths, image_size, input_region, batch_size, class_names,
+              marker_box, heatmaps: Heatmaps | None = None) -> dict[str, list]:
+    """Per image (``rows``, test row numbers, with their ``paths`` and ``mask_paths``): the Grad-CAM class, the energy
+    share inside the lungs, the lungs' share of the image, and the energy share inside the planted marker's box (demo
+    only). The heatmaps are of the images the model was trained on (its input region): ``heatmaps``' when given."""
     out = {"gradcam_class": [], "energy_in_lungs": [], "lung_area": []}
     if marker_box is not None:
         out["energy_in_marker"] = []
     if not paths:
         return out
     lungs = tf.data.Dataset.from_tensor_slices(mask_paths).map(lambda m: load_mask(m, image_size), num_parallel_calls=AUTOTUNE)
-    if maps is not None:
-        inputs = tf.data.Dataset.from_tensor_slices(np.arange(len(paths)))  # row numbers into maps
-        batch_size = max(batch_size, MAPS_BATCH)  # only the head runs: larger batches, fewer eager calls
+    if heatmaps is not None:
+        inputs = tf.data.Dataset.from_tensor_slices(np.asarray(rows))
+        batch_size = max(batch_size, MAPS_BATCH)  # at most the head runs: larger batches, fewer eager calls
     else:
         inputs = region_images(paths, image_size=image_size, region=input_region, mask_paths=mask_paths)
     batches = tf.data.Dataset.zip((inputs, lungs)).batch(batch_size).prefetch(AUTOTUNE)
     for images, lung_masks in batches:
-        cams, probabilities = gradcam.cams(images) if maps is None else gradcam.cams_from_maps(maps[images.numpy()])
-        for cam, lung, chosen in zip(upsample(cams, image_size), lung_masks.numpy(), probabilities.argmax(axis=1)):
+        cams, classes = _through_backbone(gradcam, images) if heatmaps is None else heatmaps(images.numpy())
+        for cam, lung, chosen in zip(upsample(cams, image_size), lung_masks.numpy(), classes):
             out["gradcam_class"].append(class_names[chosen])
             out["energy_in_lungs"].append(energy_in_mask(cam, lung))
             out["lung_area"].append(float(lung.mean()))
             if marker_box is not None:
                 out["energy_in_marker"].append(energy_in_mask(cam, marker_box))
     return out
+
+
+def _through_backbone(gradcam: GradCam, images) -> tuple[np.ndarray, np.ndarray]:
+    cams, probabilities = gradcam.cams(images)
+    return cams, probabilities.argmax(axis=1)
 
 
 def _energy_summary(table: pd.DataFrame, class_names: list[str]) -> dict:
@@ -236,9 +261,9 @@ def panel_examples(test: pd.DataFrame, class_names: list[str], per_class: int = 
 
 
 def _panel(gradcam, test, paths, mask_paths, has_mask, class_names, image_size, input_region, title,
-           maps: np.ndarray | None = None) -> Figure:
-    """The panel of ``panel_examples``, each image as the model saw it (its input region), with its heatmap (from
-    ``maps``, the test images' cached backbone output, when given)."""
+           heatmaps: Heatmaps | None = None) -> Figure:
+    """The panel of ``panel_examples``, each image as the model saw it (its input region), with its heatmap
+    (``heatmaps``', when given)."""
     chosen = panel_examples(test, class_names)
     if input_region != "full":  # a region run's test images all have masks; keep to those, to be safe
         chosen = [i for i in chosen if has_mask[i]]
@@ -248,7 +273,8 @@ def _panel(gradcam, test, paths, mask_paths, has_mask, class_names, image_size, 
         shown = region_images([paths[i] for i in chosen], image_size=image_size, region=input_region,
                               mask_paths=lung_files if input_region != "full" else None)
         images = np.stack(list(shown.as_numpy_iterator()))
-        cams = upsample((gradcam.cams(images) if maps is None else gradcam.cams_from_maps(maps[chosen]))[0], image_size)
+        cams = upsample((_through_backbone(gradcam, images) if heatmaps is None else heatmaps(np.asarray(chosen)))[0],
+                        image_size)
     lungs = [None if m is None else load_mask(m, image_size).numpy() for m in lung_files]
     titles = []
     for i in chosen:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import keras
+import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
@@ -36,7 +37,9 @@ from ..data.split import Split
 from ..model import batchnorm, training
 from ..model.architecture import Head, compile_model
 from ..model.features import FeatureCache, cached_features, cached_region_features
+from ..model.gradcam import GradCam
 from ..model.inference import predicted_probabilities
+from ..model.pooled import PooledOutputs
 from ..model.runtime import Runtime, configure
 from ..model.weights import ensure_weights_available
 from . import guard, outputs, record
@@ -168,11 +171,35 @@ def recalibrate_batchnorm(model: keras.Model, data: PreparedData, params: dict) 
     return record
 
 
-def split_predictions(model: keras.Model, data: PreparedData) -> dict[str, pd.DataFrame]:
-    """Every image's true class, predicted class and class probabilities, per subset, in split order."""
-    tables = {}
+class Predictions(dict):
+    """Every image's true class, predicted class and class probabilities: a table per subset (``train``, ``val``,
+    ``test``), in split order. Beside them, from the same pass over the images (a run without the feature cache, whose
+    pooled features the cache holds instead): ``pooled``, the backbone's pooled output per subset (the guard's
+    features), and ``test_cams``, Grad-CAM of each test image's predicted class with that class, when Grad-CAM taps
+    the backbone's output (``model/pooled.py``)."""
+
+    def __init__(self, tables: dict[str, pd.DataFrame], pooled: dict[str, np.ndarray] | None = None,
+                 test_cams: tuple[np.ndarray, np.ndarray] | None = None):
+        super().__init__(tables)
+        self.pooled = pooled
+        self.test_cams = test_cams
+
+
+def split_predictions(model: keras.Model, data: PreparedData) -> Predictions:
+    """Every image's true class, predicted class and class probabilities, per subset, in split order; without the
+    feature cache, one pass over the images that also gives the guard's features and the test images' Grad-CAM."""
+    tables, pooled, test_cams = {}, None, None
+    if data.features is None:
+        outputs, gradcam, pooled = PooledOutputs(model), GradCam(model), {}
     for subset in ("train", "val", "test"):
-        probabilities = predicted_probabilities(model, data.pipelines.batches(subset))  # in the split table's order
+        batches = data.pipelines.batches(subset)  # in the split table's order
+        if data.features is not None:  # the head on the cached features
+            probabilities = predicted_probabilities(model, batches)
+        else:
+            found = outputs.pass_over(batches, gradcam if subset == "test" and gradcam.taps_backbone_output else None)
+            probabilities, pooled[subset] = found.probabilities, found.pooled
+            if found.cams is not None:
+                test_cams = (found.cams, found.cam_classes)
         rows = data.split.subset(subset)
         if len(probabilities) != len(rows):
             raise RuntimeError(f"{len(probabilities)} {subset} predictions for the split table's {len(rows)} images")
@@ -181,7 +208,7 @@ def split_predictions(model: keras.Model, data: PreparedData) -> dict[str, pd.Da
         for i, name in enumerate(data.class_names):
             table[f"p_{name}"] = probabilities[:, i]
         tables[subset] = table
-    return tables
+    return Predictions(tables, pooled, test_cams)
 
 
 def full_model(model: keras.Model, data: PreparedData, params: dict, head: Head | None = None) -> keras.Model:
@@ -204,6 +231,7 @@ def look_for_shortcuts(whole: keras.Model, data: PreparedData, predictions: dict
         whole, data.root, predictions["test"], data.class_names,
         image_size=params["image_size"], input_region=params["input_region"],
         batch_size=batch_size, title=f"{params['experiment']} (seed {params['seed']})", cached=cached,
+        test_cams=getattr(predictions, "test_cams", None),
     )
 
 
@@ -227,10 +255,11 @@ def calibrate(predictions: dict[str, pd.DataFrame], analysis: ShortcutAnalysis, 
     return Calibration(found, calibrated, figures)
 
 
-def fit_guard(whole: keras.Model, data: PreparedData, analysis: ShortcutAnalysis, params: dict) -> Unfamiliar:
+def fit_guard(whole: keras.Model, data: PreparedData, predictions: Predictions, analysis: ShortcutAnalysis,
+              params: dict) -> Unfamiliar:
     """The unfamiliar-image guard, fitted on the training images' pooled backbone features, its threshold chosen on
     validation's; what it flags on test, and against a held-out source (``run/guard.py``)."""
-    return guard.fit_run_guard(whole, data, analysis, params)
+    return guard.fit_run_guard(whole, data, getattr(predictions, "pooled", None), analysis, params)
 
 
 def evaluate(model: keras.Model, data: PreparedData, predictions: dict[str, pd.DataFrame], params: dict,
@@ -289,7 +318,7 @@ def run_experiment(namespace: Mapping[str, Any], *, devices: list[str] | None = 
     whole = full_model(model, data, params, head)
     analysis = look_for_shortcuts(whole, data, predictions, params, runtime)
     calibration = calibrate(predictions, analysis, data, params)
-    unfamiliar = fit_guard(whole, data, analysis, params)
+    unfamiliar = fit_guard(whole, data, predictions, analysis, params)
     metrics = evaluate(model, data, predictions, params, history, runtime, analysis, batchnorm_record, calibration,
                        unfamiliar)
     paths = save_outputs(metrics, calibration, history, params, analysis, whole, unfamiliar, head)
