@@ -56,10 +56,10 @@ class PooledOutputs:
         return found.probabilities, found.pooled
 
     def pass_over(self, dataset, gradcam: GradCam | None = None) -> Pass:
-        """Probabilities and pooled features of every image of a dataset of (images, labels) batches (or any iterable of
-        them), in its order; with
-        ``gradcam`` (one that taps the backbone's output), each image's heatmap from the same maps: the head's gradients
-        on the maps this pass computed, the very ones ``gradcam.cams(images)`` would compute again."""
+        """Probabilities and pooled features of every image of a dataset of (images, labels) batches (or any iterable
+        of them), in its order; with ``gradcam`` (one that taps the backbone's output), each image's heatmap from the
+        same maps: the head's gradients on the maps this pass computed, the very ones ``gradcam.cams(images)`` would
+        compute again."""
         if gradcam is not None and not gradcam.taps_backbone_output:
             raise ValueError(f"Grad-CAM taps {gradcam.layer}, not the backbone's output: its maps are not this pass's")
         probabilities, pooled, cams, classes = [], [], [], []
