@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import keras
-import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
@@ -37,9 +36,6 @@ from ..data.split import Split
 from ..model import batchnorm, training
 from ..model.architecture import Head, compile_model
 from ..model.features import FeatureCache, cached_features, cached_region_features
-from ..model.gradcam import GradCam
-from ..model.inference import predicted_probabilities
-from ..model.pooled import PooledOutputs
 from ..model.runtime import Runtime, configure
 from ..model.weights import ensure_weights_available
 from . import guard, outputs, record
@@ -47,6 +43,7 @@ from .guard import Unfamiliar
 from .models import head_on_backbone, trainable_model
 from .outputs import PREDICTED_SUBSETS
 from .params import check_parameters
+from .predictions import Predictions, predict_split
 from .shortcut_checks import CachedInputs, ShortcutAnalysis, analyse
 
 
@@ -171,44 +168,11 @@ def recalibrate_batchnorm(model: keras.Model, data: PreparedData, params: dict) 
     return record
 
 
-class Predictions(dict):
-    """Every image's true class, predicted class and class probabilities: a table per subset (``train``, ``val``,
-    ``test``), in split order. Beside them, from the same pass over the images (a run without the feature cache, whose
-    pooled features the cache holds instead): ``pooled``, the backbone's pooled output per subset (the guard's
-    features), and ``test_cams``, Grad-CAM of each test image's predicted class with that class, when Grad-CAM taps
-    the backbone's output (``model/pooled.py``)."""
-
-    def __init__(self, tables: dict[str, pd.DataFrame], pooled: dict[str, np.ndarray] | None = None,
-                 test_cams: tuple[np.ndarray, np.ndarray] | None = None):
-        super().__init__(tables)
-        self.pooled = pooled
-        self.test_cams = test_cams
-
-
 def split_predictions(model: keras.Model, data: PreparedData) -> Predictions:
     """Every image's true class, predicted class and class probabilities, per subset, in split order; without the
-    feature cache, one pass over the images that also gives the guard's features and the test images' Grad-CAM."""
-    tables, pooled, test_cams = {}, None, None
-    if data.features is None:
-        outputs, gradcam, pooled = PooledOutputs(model), GradCam(model), {}
-    for subset in ("train", "val", "test"):
-        batches = data.pipelines.batches(subset)  # in the split table's order
-        if data.features is not None:  # the head on the cached features
-            probabilities = predicted_probabilities(model, batches)
-        else:
-            found = outputs.pass_over(batches, gradcam if subset == "test" and gradcam.taps_backbone_output else None)
-            probabilities, pooled[subset] = found.probabilities, found.pooled
-            if found.cams is not None:
-                test_cams = (found.cams, found.cam_classes)
-        rows = data.split.subset(subset)
-        if len(probabilities) != len(rows):
-            raise RuntimeError(f"{len(probabilities)} {subset} predictions for the split table's {len(rows)} images")
-        table = pd.DataFrame({"path": rows["path"].to_numpy(), "split": subset, "true": rows["label"].to_numpy(),
-                              "predicted": [data.class_names[i] for i in probabilities.argmax(axis=1)]})
-        for i, name in enumerate(data.class_names):
-            table[f"p_{name}"] = probabilities[:, i]
-        tables[subset] = table
-    return Predictions(tables, pooled, test_cams)
+    feature cache, one pass over the images that also gives the guard's features and the test images' Grad-CAM
+    (``run/predictions.py``)."""
+    return predict_split(model, data)
 
 
 def full_model(model: keras.Model, data: PreparedData, params: dict, head: Head | None = None) -> keras.Model:
