@@ -60,7 +60,7 @@ FIGURES: dict[str, Figure] = {
     "bench_machine": Figure(("machine", "device"), str, "the machine the benchmark ran on"),
     "reference_speed": Figure(("training", "ceiling"), _per_second,
                               "this machine's reference: MobileNet trained end to end at 224 px on batches held in memory "
-                              "(machines of one CPU label differ by 1.7x: compare ratios, or scale by this)"),
+                              "(machines of one CPU label differ by 2x and more: compare ratios, or scale by this)"),
     "pipeline_speedup": Figure(("pipeline_speedup",), _ratio(1),
                                "the project's tf.data pipeline from its 2nd epoch against Keras' directory loader"),
     "training_vs_ceiling": Figure(("training_vs_ceiling",), _ratio(2),
