@@ -311,3 +311,39 @@ def test_export_names_missing_data_and_takes_its_new_place(trained_run, tmp_path
         export.run_files(moved)
     _, split, root = export.run_files(moved, Path(metrics["dataset"]["root"]))
     assert root == Path(metrics["dataset"]["root"]) and len(split) == metrics["dataset"]["total_images"]
+
+
+def test_a_model_xnnpack_cannot_prepare_runs_on_litert_s_own_kernels(tmp_path, monkeypatch):
+    """XNNPACK can claim a node it then fails to prepare (an int8 model at 32 px on a CPU without AVX-512 did): the
+    export then measures the same flatbuffer on LiteRT's own kernels, says so, and answers as the plain interpreter."""
+    import keras
+    import tensorflow as tf
+
+    inputs = keras.Input((4, 4, 3))
+    model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(keras.layers.Flatten()(inputs)))
+    path = tmp_path / "model.tflite"
+    path.write_bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())
+    real, resolvers, name = litert.interpreter_class()
+    image = np.arange(48, dtype=np.uint8).reshape(4, 4, 3)
+    expected = litert.LiteModel(path, threads=1)(image)
+
+    def refusing(message):
+        class Refusing(real):
+            def __init__(self, *args, experimental_op_resolver_type=resolvers.AUTO, **kwargs):
+                super().__init__(*args, experimental_op_resolver_type=experimental_op_resolver_type, **kwargs)
+                self.delegated = experimental_op_resolver_type == resolvers.AUTO
+
+            def invoke(self):
+                if self.delegated:
+                    raise RuntimeError(message)
+                return super().invoke()
+        return Refusing
+
+    monkeypatch.setattr(litert, "interpreter_class", lambda: (refusing(
+        "failed to create XNNPACK runtimeNode number 44 (TfLiteXNNPackDelegate) failed to prepare."), resolvers, name))
+    lite = litert.LiteModel(path, threads=1)
+    assert lite.runtime == f"{name} with its own kernels (the XNNPACK delegate failed to prepare this model)"
+    np.testing.assert_allclose(lite(image), expected, atol=1e-6)  # other kernels: other rounding
+    monkeypatch.setattr(litert, "interpreter_class", lambda: (refusing("something else broke"), resolvers, name))
+    with pytest.raises(RuntimeError, match="something else broke"):
+        litert.LiteModel(path, threads=1)

@@ -14,15 +14,16 @@ WARMUP = 10  # single-image calls before any is timed
 
 
 def interpreter_class():
-    """LiteRT's interpreter, or TensorFlow's copy of it where ai-edge-litert is not installed."""
+    """LiteRT's interpreter and its op resolver choices, or TensorFlow's copy of them where ai-edge-litert is not
+    installed; and the runtime's name."""
     try:
-        from ai_edge_litert.interpreter import Interpreter
+        from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-        return Interpreter, "ai_edge_litert"
+        return Interpreter, OpResolverType, "ai_edge_litert"
     except ImportError:
         import tensorflow as tf
 
-        return tf.lite.Interpreter, "tf.lite"
+        return tf.lite.Interpreter, tf.lite.experimental.OpResolverType, "tf.lite"
 
 
 def with_temperature(model, temperature: float):
@@ -64,11 +65,22 @@ class LiteModel:
     """A LiteRT model run one image at a time, quantizing its input and dequantizing its output as it needs."""
 
     def __init__(self, path: Path, threads: int):
-        interpreter, self.runtime = interpreter_class()
+        interpreter, resolvers, self.runtime = interpreter_class()
         self.interpreter = interpreter(model_path=str(path), num_threads=threads)
         self.interpreter.allocate_tensors()
         self.input = self.interpreter.get_input_details()[0]
         self.output = self.interpreter.get_output_details()[0]
+        try:  # the default XNNPACK delegate is applied at the first call: a blank image tries it before any timing
+            self(np.zeros(self.input["shape"][1:], np.uint8))
+        except RuntimeError as exc:
+            if "XNNPACK" not in str(exc):
+                raise
+            # On some CPUs and models XNNPACK claims a node it then cannot prepare (google/XNNPACK#11036, seen here with
+            # int8 models at 32 px on a CPU without AVX-512); LiteRT's own kernels run the same flatbuffer.
+            self.interpreter = interpreter(model_path=str(path), num_threads=threads,
+                                           experimental_op_resolver_type=resolvers.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+            self.interpreter.allocate_tensors()
+            self.runtime += " with its own kernels (the XNNPACK delegate failed to prepare this model)"
 
     @property
     def input_dtype(self):
