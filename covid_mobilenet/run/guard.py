@@ -2,19 +2,16 @@
 validation and test images, the guard fitted on them, and its record for metrics.json.
 
 In fast mode the features are the cached output of the frozen backbone, pooled once per sweep (no pass over the
-images, ``FeatureCache.pooled``); otherwise those the run's predictions pass gave (``steps.split_predictions``), or,
-when not given, one inference pass of the trained model's backbone over each subset (``model/pooled.py``).
+images, ``FeatureCache.pooled``); otherwise those the run's predictions pass gave (``run/predictions.py``).
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
 
-import keras
 import numpy as np
 
 from ..analysis import unfamiliar as unfamiliar_analysis
-from ..model.pooled import PooledOutputs
 from .shortcut_checks import ShortcutAnalysis
 
 
@@ -26,20 +23,16 @@ class Unfamiliar:
     record: dict  # metrics.json's "unfamiliar"
 
 
-def fit_run_guard(whole: keras.Model, data, pooled: dict[str, np.ndarray] | None, analysis: ShortcutAnalysis,
-                  params: dict) -> Unfamiliar:
+def fit_run_guard(data, pooled: dict[str, np.ndarray] | None, analysis: ShortcutAnalysis, params: dict) -> Unfamiliar:
     """How unlike the training images an image is: fitted on the training images' pooled backbone features, its
     threshold chosen on validation's, the share of test images it flags; with a held-out source, how well it tells
     that source's test images from the others (AUROC). ``data``: the run's ``steps.PreparedData``; ``pooled``: the
-    pooled features per subset from the predictions pass, when it gave them."""
+    pooled features per subset from the predictions pass (None in fast mode)."""
     started = time.perf_counter()
     if data.features is not None:  # fast mode: the cached output of the frozen backbone, pooled
         features = {subset: data.features.pooled(subset) for subset in ("train", "val", "test")}
-    elif pooled is not None:
-        features = pooled
     else:
-        outputs = PooledOutputs(whole)
-        features = {subset: outputs.pass_over(data.pipelines.batches(subset)).pooled for subset in ("train", "val", "test")}
+        features = pooled
     labels = data.split.subset("train")["label"].to_numpy()
     guard = unfamiliar_analysis.fit(features["train"], labels, features["val"], params["unfamiliar_method"],
                                     seed=params["seed"])

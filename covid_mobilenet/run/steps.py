@@ -181,7 +181,7 @@ def full_model(model: keras.Model, data: PreparedData, params: dict, head: Head 
     return model if data.features is None else head_on_backbone(model, params, len(data.class_names), head)
 
 
-def look_for_shortcuts(whole: keras.Model, data: PreparedData, predictions: dict[str, pd.DataFrame], params: dict,
+def look_for_shortcuts(whole: keras.Model, data: PreparedData, predictions: Predictions, params: dict,
                        runtime: Runtime) -> ShortcutAnalysis:
     """Grad-CAM inside the lungs, the test images with the lungs removed and alone, accuracy per source
     (``whole``: the model that takes pixels, ``full_model``)."""
@@ -195,7 +195,7 @@ def look_for_shortcuts(whole: keras.Model, data: PreparedData, predictions: dict
         whole, data.root, predictions["test"], data.class_names,
         image_size=params["image_size"], input_region=params["input_region"],
         batch_size=batch_size, title=f"{params['experiment']} (seed {params['seed']})", cached=cached,
-        test_cams=getattr(predictions, "test_cams", None),
+        test_cams=predictions.test_cams,
     )
 
 
@@ -219,11 +219,10 @@ def calibrate(predictions: dict[str, pd.DataFrame], analysis: ShortcutAnalysis, 
     return Calibration(found, calibrated, figures)
 
 
-def fit_guard(whole: keras.Model, data: PreparedData, predictions: Predictions, analysis: ShortcutAnalysis,
-              params: dict) -> Unfamiliar:
+def fit_guard(data: PreparedData, predictions: Predictions, analysis: ShortcutAnalysis, params: dict) -> Unfamiliar:
     """The unfamiliar-image guard, fitted on the training images' pooled backbone features, its threshold chosen on
     validation's; what it flags on test, and against a held-out source (``run/guard.py``)."""
-    return guard.fit_run_guard(whole, data, getattr(predictions, "pooled", None), analysis, params)
+    return guard.fit_run_guard(data, predictions.pooled, analysis, params)
 
 
 def evaluate(model: keras.Model, data: PreparedData, predictions: dict[str, pd.DataFrame], params: dict,
@@ -282,7 +281,7 @@ def run_experiment(namespace: Mapping[str, Any], *, devices: list[str] | None = 
     whole = full_model(model, data, params, head)
     analysis = look_for_shortcuts(whole, data, predictions, params, runtime)
     calibration = calibrate(predictions, analysis, data, params)
-    unfamiliar = fit_guard(whole, data, predictions, analysis, params)
+    unfamiliar = fit_guard(data, predictions, analysis, params)
     metrics = evaluate(model, data, predictions, params, history, runtime, analysis, batchnorm_record, calibration,
                        unfamiliar)
     paths = save_outputs(metrics, calibration, history, params, analysis, whole, unfamiliar, head)
